@@ -1,0 +1,57 @@
+"""Small functions that turn network outputs into TFP distributions.
+
+Networks return plain tensors (see `networks`); these functions give them a
+meaning.  Event shapes are the last axis, so everything broadcasts over any
+leading batch shape, e.g. ``[batch]`` or ``[batch, classes]``.
+"""
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+# A floor on predicted standard deviations keeps log-densities finite.
+MIN_SCALE = 1e-4
+
+
+def diagonal_gaussian(params):
+    """q(z|.) or p(x|.): N(loc, diag(scale^2)) from ``params = [loc, raw_scale]``.
+
+    Args:
+      params: ``[..., 2 * size]``; the second half passes through softplus.
+
+    Returns:
+      A distribution with event shape ``[size]``.
+    """
+    loc, raw_scale = tf.split(params, 2, axis=-1)
+    return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.nn.softplus(raw_scale) + MIN_SCALE)
+
+
+def standard_normal(size, dtype=tf.float32):
+    """p(z) = N(0, I) with event shape ``[size]``."""
+    return tfd.MultivariateNormalDiag(loc=tf.zeros([size], dtype))
+
+
+def bernoulli(logits):
+    """p(x|.) for binary pixels: independent Bernoullis, event shape ``[pixels]``."""
+    return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=logits.dtype),
+                           reinterpreted_batch_ndims=1)
+
+
+def categorical(logits):
+    """q(y|x) (or the prior p(y) when the logits are constant)."""
+    return tfd.Categorical(logits=logits)
+
+
+LIKELIHOODS = {
+    # name -> (distribution from decoder output, decoder outputs per data dimension)
+    "bernoulli": (bernoulli, 1),
+    "gaussian": (diagonal_gaussian, 2),
+}
+
+
+def likelihood(name):
+    """Returns ``(make_distribution, outputs_per_dimension)`` for a likelihood name."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
+    return LIKELIHOODS[name]

@@ -1,0 +1,313 @@
+"""Run directories and the loop around `fit`.
+
+A run directory says what produced it and what it scored:
+
+    config.json            the `TrainConfig` (refused if a rerun's flags differ)
+    labeled_indices.json   which training images carried labels
+    checkpoints/           tf.train checkpoints (model, optimizer, RNG, epoch, time)
+    history.csv            per epoch: wall minutes, seconds, train and validation metrics
+    logs/                  TensorBoard
+    results.json           final errors, written last (its presence = finished run)
+
+Rerunning with the same directory resumes from the last checkpoint.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from ssl_dgm import data, objectives
+from ssl_dgm.m2 import M2
+
+MODELS = ("m1", "m2", "m1m2")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Attributes:
+      model: one of `MODELS`.
+      labels: number of labeled training images N (a multiple of the classes).
+      epochs: passes over the 50000 unlabeled training images.
+      batch_size: unlabeled images per step.
+      labeled_batch_size: labeled images per step.
+      learning_rate: Adam's initial step size.
+      lr_schedule: ``"constant"`` or ``"cosine"`` (decays to 0 at the last epoch).
+      alpha: weight of -log q(y|x) per labeled example; None means
+        `objectives.default_alpha` (the paper's 0.1 * N, per labeled example).
+      hidden_sizes: encoder/decoder hidden widths.
+      classifier_hidden_sizes: q(y|x) hidden widths.
+      latent_size: dimension of z.
+      activation: hidden activation.
+      binarize: dynamic binarisation of pixels.
+      seed: seeds the labeled subset, the data order and the model's RNG.
+      dataset: TFDS name.
+      data_dir: TFDS data folder (None: TFDS's default).
+      eval_split: split reported at the end (``test`` by default; ``validation``
+        works wherever the training data does).
+      time_budget_minutes: stop after this much training wall time (None: no limit).
+      steps_per_execution: train steps per compiled call.
+      jit_compile: XLA-compile the train step.
+      train_examples: use only the first this many training images (tests); None: all.
+    """
+
+    model: str = "m2"
+    labels: int = 100
+    epochs: int = 100
+    batch_size: int = 100
+    labeled_batch_size: int = 100
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    alpha: Optional[float] = None
+    hidden_sizes: Tuple[int, ...] = (500, 500)
+    classifier_hidden_sizes: Tuple[int, ...] = (500, 500)
+    latent_size: int = 50
+    activation: str = "softplus"
+    binarize: bool = True
+    seed: int = 0
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    eval_split: str = "test"
+    time_budget_minutes: Optional[float] = None
+    steps_per_execution: int = 50
+    jit_compile: bool = True
+    train_examples: Optional[int] = None
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {MODELS}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
+        for name in ("epochs", "batch_size", "labeled_batch_size", "latent_size",
+                     "steps_per_execution"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+# Fields that may change when a run is resumed (the rest must match config.json).
+RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes")
+
+
+def atomic_write(path, text):
+    """Writes a file so that readers see the old or the new content, never a part."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def write_json(path, obj):
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def prepare_run_dir(model_dir, config):
+    """Creates the run directory or checks that it was made by the same config."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, "config.json")
+    wanted = dataclasses.asdict(config)
+    wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as stored
+    if os.path.exists(path):
+        stored = read_json(path)
+        differing = sorted(k for k in set(stored) | set(wanted)
+                           if k not in RESUMABLE_FIELDS and stored.get(k) != wanted.get(k))
+        if differing:
+            details = ", ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now"
+                                for k in differing)
+            raise ValueError(f"{model_dir} holds a run made with other settings ({details}); "
+                             f"use a new --model_dir or the same flags to resume it")
+    write_json(path, wanted)
+
+
+def logit_of_mean(images):
+    """Initial Bernoulli decoder bias: the logit of the mean training image."""
+    mean = np.clip(images.reshape(len(images), -1).mean(axis=0), 1e-3, 1 - 1e-3)
+    return np.log(mean / (1 - mean)).astype(np.float32)
+
+
+def learning_rate(config, steps_per_epoch):
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=config.epochs * steps_per_epoch)
+    return config.learning_rate
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """Saves model, optimizer, RNG state, epoch and training time after every epoch.
+
+    tf.train.CheckpointManager writes new files first and then swaps the small
+    ``checkpoint`` index, so a kill mid-save leaves the previous checkpoint valid.
+    """
+
+    def __init__(self, model, directory):
+        super().__init__()
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                              epoch=self.epoch,
+                                              train_seconds=self.train_seconds)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+
+    def restore(self):
+        """Restores the newest checkpoint, if any; returns the epochs already done."""
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            logging.info("resumed from %s (epoch %d)", self.manager.latest_checkpoint,
+                         int(self.epoch.numpy()))
+        return int(self.epoch.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+class History(keras.callbacks.Callback):
+    """Appends one CSV row per epoch: cumulative training minutes and all metrics.
+
+    Also enforces the time budget and stops on a non-finite loss, naming the
+    step and the last good checkpoint.
+    """
+
+    def __init__(self, path, checkpointing, time_budget_minutes=None):
+        super().__init__()
+        self.path = path
+        self.checkpointing = checkpointing
+        self.time_budget_minutes = time_budget_minutes
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+        self.train_end = None
+
+    def on_test_begin(self, logs=None):
+        if self.train_end is None:
+            self.train_end = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            last = self.checkpointing.manager.latest_checkpoint or "none yet"
+            raise FloatingPointError(
+                f"non-finite loss {loss} at step {int(self.model.optimizer.iterations)}; "
+                f"stopping. Last good checkpoint: {last}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        train_seconds = (self.train_end or now) - self.epoch_start
+        self.checkpointing.train_seconds.assign_add(train_seconds)
+        row = {"epoch": epoch + 1,
+               "train_minutes": float(self.checkpointing.train_seconds.numpy()) / 60,
+               "epoch_train_seconds": train_seconds,
+               "epoch_seconds": now - self.epoch_start}
+        row.update({k: float(v) for k, v in sorted((logs or {}).items())})
+        new_file = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+        if (self.time_budget_minutes is not None
+                and row["train_minutes"] >= self.time_budget_minutes):
+            logging.info("time budget of %.1f minutes reached after epoch %d",
+                         self.time_budget_minutes, epoch + 1)
+            self.model.stop_training = True
+
+
+def build_m2(config, input_size, num_train, decoder_bias=None, likelihood="bernoulli"):
+    alpha = config.alpha
+    if alpha is None:
+        alpha = objectives.default_alpha(num_train, config.labels)
+    model = M2(input_size=input_size, num_classes=10, latent_size=config.latent_size,
+               hidden_sizes=config.hidden_sizes,
+               classifier_hidden_sizes=config.classifier_hidden_sizes,
+               activation=config.activation, likelihood=likelihood, alpha=alpha,
+               decoder_bias=decoder_bias, seed=config.seed)
+    model.build()
+    return model
+
+
+def run(config: TrainConfig, model_dir: str):
+    """Trains the configured model in `model_dir` (resuming if possible).
+
+    Returns:
+      The results dict also written to ``results.json``.
+    """
+    if config.model != "m2":
+        raise NotImplementedError(f"--model={config.model} is not implemented yet; use m2")
+    prepare_run_dir(model_dir, config)
+    keras.utils.set_random_seed(config.seed)
+
+    train = data.load_split("train", config.dataset, config.data_dir)
+    if config.train_examples:
+        train = data.Split(train.images[:config.train_examples],
+                           train.labels[:config.train_examples])
+    validation = data.load_split("validation", config.dataset, config.data_dir)
+    num_classes = int(max(train.labels.max(), validation.labels.max())) + 1
+    indices = data.labeled_indices(train.labels, config.labels, num_classes, config.seed)
+    write_json(os.path.join(model_dir, "labeled_indices.json"), indices.tolist())
+    labeled = data.Split(train.images[indices], train.labels[indices])
+
+    train_ds = data.semi_supervised_dataset(labeled, train.images, config.labeled_batch_size,
+                                            config.batch_size, config.seed, config.binarize)
+    validation_ds = data.evaluation_dataset(validation, 1000, config.seed, config.binarize)
+    steps_per_epoch = len(train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the "
+                         f"{len(train)} training images")
+
+    input_size = int(np.prod(train.images.shape[1:]))
+    model = build_m2(config, input_size, len(train), logit_of_mean(train.images))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
+                  jit_compile=config.jit_compile,
+                  steps_per_execution=min(config.steps_per_execution, steps_per_epoch))
+    model.optimizer.build(model.trainable_variables)
+
+    checkpointing = Checkpointing(model, os.path.join(model_dir, "checkpoints"))
+    initial_epoch = checkpointing.restore()
+    history = History(os.path.join(model_dir, "history.csv"), checkpointing,
+                      config.time_budget_minutes)
+    if initial_epoch < config.epochs:
+        model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                  validation_data=validation_ds,
+                  callbacks=[history, checkpointing,
+                             keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))],
+                  verbose=1 if os.isatty(1) else 2)
+
+    results = {"model": config.model, "labels": config.labels,
+               "epochs_done": int(checkpointing.epoch.numpy()),
+               "train_minutes": float(checkpointing.train_seconds.numpy()) / 60,
+               "validation_error": evaluate_error(model, validation_ds)}
+    if config.eval_split != "validation":
+        split = data.load_split(config.eval_split, config.dataset, config.data_dir)
+        results[f"{config.eval_split}_error"] = evaluate_error(
+            model, data.evaluation_dataset(split, 1000, config.seed, config.binarize))
+    results["eval_split"] = config.eval_split
+    results["eval_error"] = results[f"{config.eval_split}_error"]
+    write_json(os.path.join(model_dir, "results.json"), results)
+    return results
+
+
+def evaluate_error(model, dataset):
+    """Classification error of q(y|x) on ``(x, y)`` batches, as a fraction."""
+    wrong = total = 0
+    for x, labels in dataset:
+        predictions = np.argmax(model.predict_on_batch(x), axis=-1)
+        wrong += int(np.sum(predictions != labels.numpy()))
+        total += len(predictions)
+    return wrong / total

@@ -1,0 +1,157 @@
+"""The bounds checked against brute force, closed forms and Monte Carlo."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssl_dgm import distributions, objectives
+from ssl_dgm.networks import MLP
+
+# All-different sizes, so a swapped axis fails.
+BATCH, DIM, CLASSES, LATENT, HIDDEN = 3, 7, 4, 5, 6
+
+
+def tiny_networks(seed=0, sharp_posterior=False):
+    tf.random.set_seed(seed)
+    encoder_net = MLP([HIDDEN], 2 * LATENT, num_inputs=2, name="enc")
+    decoder = MLP([HIDDEN], DIM, num_inputs=2, name="dec")
+    if sharp_posterior:
+        # q(z|x,y) with scale ~ MIN_SCALE: the sample is its mean to ~1e-4, so
+        # bounds computed with different noise agree.
+        def encoder(inputs):
+            loc, _ = tf.split(encoder_net(inputs), 2, axis=-1)
+            return tf.concat([loc, tf.fill(tf.shape(loc), -30.0)], axis=-1)
+    else:
+        encoder = encoder_net
+    return encoder, decoder
+
+
+def binary_batch(seed=1):
+    rng = np.random.default_rng(seed)
+    return tf.constant(rng.integers(0, 2, size=(BATCH, DIM)), tf.float32)
+
+
+def test_labeled_bound_matches_hand_computation():
+    encoder, decoder = tiny_networks(sharp_posterior=True)
+    x = binary_batch()
+    labels = np.array([0, 3, 1])
+    y = tf.one_hot(labels, CLASSES)
+    bound = objectives.labeled_bound(x, y, encoder, decoder, distributions.bernoulli,
+                                     seed=tf.constant([1, 2]))
+    loc = encoder([x, y])[:, :LATENT].numpy()
+    logits = decoder([tf.constant(loc), y]).numpy()
+    log_px = np.sum(x * -np.log1p(np.exp(-logits)) + (1 - x) * -np.log1p(np.exp(logits)), -1)
+    scale = distributions.MIN_SCALE + np.log1p(np.exp(-30.0))
+    kl = 0.5 * np.sum(loc ** 2 + scale ** 2 - 1 - 2 * np.log(scale), -1)
+    expected = -log_px + kl + math.log(CLASSES)
+    assert bound.shape == (BATCH,)
+    np.testing.assert_allclose(bound.numpy(), expected, rtol=1e-4)
+
+
+def test_unlabeled_bound_equals_brute_force_sum_over_labels():
+    encoder, decoder = tiny_networks(sharp_posterior=True)
+    x = binary_batch()
+    logits = tf.constant(np.random.default_rng(2).normal(size=(BATCH, CLASSES)), tf.float32)
+    batched = objectives.unlabeled_bound(x, logits, encoder, decoder,
+                                         distributions.bernoulli, seed=tf.constant([3, 4]))
+    probs = tf.nn.softmax(logits).numpy()
+    brute = np.zeros(BATCH)
+    for k in range(CLASSES):
+        y = tf.one_hot(np.full(BATCH, k), CLASSES)
+        bound_k = objectives.labeled_bound(x, y, encoder, decoder, distributions.bernoulli,
+                                           seed=tf.constant([10 + k, 0])).numpy()
+        brute += probs[:, k] * bound_k
+    entropy = -np.sum(probs * np.log(probs), axis=-1)
+    brute -= entropy  # U = sum_y q(y|x) L(x,y) - H(q(y|x)), the paper's sign
+    assert batched.shape == (BATCH,)
+    np.testing.assert_allclose(batched.numpy(), brute, rtol=1e-4)
+
+
+def test_unlabeled_bound_is_below_best_label_when_classifier_is_sure():
+    # With a one-hot q(y|x), U(x) is L(x, y) of that label (entropy 0).
+    encoder, decoder = tiny_networks(sharp_posterior=True)
+    x = binary_batch()
+    labels = np.array([2, 0, 3])
+    logits = tf.one_hot(labels, CLASSES) * 50.0
+    u = objectives.unlabeled_bound(x, logits, encoder, decoder, distributions.bernoulli,
+                                   seed=tf.constant([5, 6]))
+    l = objectives.labeled_bound(x, tf.one_hot(labels, CLASSES), encoder, decoder,
+                                 distributions.bernoulli, seed=tf.constant([7, 8]))
+    np.testing.assert_allclose(u.numpy(), l.numpy(), rtol=1e-4)
+
+
+def test_analytic_kl_matches_monte_carlo():
+    encoder, decoder = tiny_networks()
+    x = binary_batch()
+    y = tf.one_hot([1, 2, 0], CLASSES)
+    _, rate = objectives.elbo_terms(x, [y], encoder, decoder, distributions.bernoulli,
+                                    seed=tf.constant([0, 1]))
+    posterior = distributions.diagonal_gaussian(encoder([x, y]))
+    prior = distributions.standard_normal(LATENT)
+    samples = posterior.sample(200_000, seed=tf.constant([9, 9]))
+    log_ratio = (posterior.log_prob(samples) - prior.log_prob(samples)).numpy()
+    monte_carlo = log_ratio.mean(axis=0)
+    standard_error = log_ratio.std(axis=0) / np.sqrt(len(log_ratio))
+    assert np.all(np.abs(rate.numpy() - monte_carlo) < 5 * standard_error + 1e-4)
+    # KL(q || q) = 0
+    np.testing.assert_allclose(posterior.kl_divergence(posterior).numpy(), 0.0, atol=1e-5)
+
+
+def test_negative_bound_is_below_importance_sampled_log_likelihood():
+    encoder, decoder = tiny_networks()
+    x = binary_batch()
+    y = tf.one_hot([3, 1, 2], CLASSES)
+    bounds = np.stack([
+        objectives.labeled_bound(x, y, encoder, decoder, distributions.bernoulli,
+                                 seed=tf.constant([s, 0])).numpy() for s in range(400)])
+    posterior = distributions.diagonal_gaussian(encoder([x, y]))
+    z = posterior.sample(5000, seed=tf.constant([4, 2]))                 # [S, B, Z]
+    log_w = (distributions.bernoulli(decoder([z, y])).log_prob(x)
+             + distributions.standard_normal(LATENT).log_prob(z)
+             - posterior.log_prob(z)).numpy() - math.log(CLASSES)
+    log_pxy = np.logaddexp.reduce(log_w, axis=0) - math.log(len(log_w))
+    elbo = -bounds.mean(axis=0)
+    assert np.all(elbo <= log_pxy + 1e-3), (elbo, log_pxy)
+    # and not absurdly loose for a 7-pixel model
+    assert np.all(log_pxy - elbo < 5.0)
+
+
+def test_classification_term_is_negative_log_softmax():
+    logits = tf.constant([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    labels = tf.constant([1, 0])
+    expected = -np.log(tf.nn.softmax(logits).numpy()[[0, 1], [1, 0]])
+    np.testing.assert_allclose(objectives.classification_term(logits, labels).numpy(),
+                               expected, rtol=1e-6)
+
+
+def test_default_alpha_is_papers_per_labeled_example():
+    assert objectives.default_alpha(50000, 100) == pytest.approx(50.0)
+    assert objectives.default_alpha(50000, 1000) == pytest.approx(5.0)
+
+
+class _Model:
+    num_classes = CLASSES
+    make_likelihood = staticmethod(distributions.bernoulli)
+
+    def __init__(self):
+        self.encoder, self.decoder = tiny_networks(sharp_posterior=True)
+        self.classifier = MLP([HIDDEN], CLASSES, name="clf")
+
+
+def test_m2_objective_combines_the_terms_with_alpha():
+    model = _Model()
+    x_l, x_u = binary_batch(1), binary_batch(2)
+    labels = tf.constant([0, 1, 3])
+    seeds = tf.constant([[1, 2], [3, 4]])
+    terms = objectives.m2_objective(x_l, labels, x_u, model, 7.0, seeds)
+    l = objectives.labeled_bound(x_l, tf.one_hot(labels, CLASSES), model.encoder,
+                                 model.decoder, distributions.bernoulli, seeds[0])
+    u = objectives.unlabeled_bound(x_u, model.classifier(x_u), model.encoder, model.decoder,
+                                   distributions.bernoulli, seeds[1])
+    c = objectives.classification_term(model.classifier(x_l), labels)
+    expected = np.mean(l) + np.mean(u) + 7.0 * np.mean(c)
+    np.testing.assert_allclose(terms["loss"].numpy(), expected, rtol=1e-4)
+    predicted = np.argmax(model.classifier(x_l).numpy(), -1)
+    assert terms["error"].numpy() == pytest.approx(np.mean(predicted != labels.numpy()))

@@ -1,0 +1,83 @@
+"""Run directories, config checks, and train.py end to end on real MNIST."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssl_dgm import training
+from tests.conftest import ROOT
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    path = tmp_path / "a.json"
+    training.write_json(str(path), {"x": 1})
+    training.write_json(str(path), {"x": 2})
+    assert json.loads(path.read_text()) == {"x": 2}
+    assert os.listdir(tmp_path) == ["a.json"]  # no temporary left behind
+
+
+def test_run_dir_refuses_other_settings_but_allows_more_epochs(tmp_path):
+    config = training.TrainConfig(labels=100, epochs=3)
+    training.prepare_run_dir(str(tmp_path), config)
+    training.prepare_run_dir(str(tmp_path), training.TrainConfig(labels=100, epochs=9))
+    with pytest.raises(ValueError, match="labels: 100 there, 600 now"):
+        training.prepare_run_dir(str(tmp_path), training.TrainConfig(labels=600, epochs=9))
+
+
+def test_config_rejects_unknown_model_and_bad_sizes():
+    with pytest.raises(ValueError, match="unknown model"):
+        training.TrainConfig(model="m3")
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        training.TrainConfig(batch_size=0)
+
+
+def test_logit_of_mean_inverts_to_the_mean_image():
+    images = np.random.default_rng(0).uniform(0.1, 0.9, size=(50, 4, 4, 1)).astype(np.float32)
+    bias = training.logit_of_mean(images)
+    np.testing.assert_allclose(1 / (1 + np.exp(-bias)), images.reshape(50, -1).mean(0),
+                               rtol=1e-5)
+
+
+def run_train(args, data_dir, cwd):
+    env = dict(os.environ, TFDS_DATA_DIR=data_dir)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+SMALL = ["--model=m2", "--labels=20", "--train_examples=400", "--batch_size=50",
+         "--labeled_batch_size=20", "--hidden_sizes=16", "--classifier_hidden_sizes=16",
+         "--latent_size=4", "--eval_split=validation", "--steps_per_execution=4"]
+
+
+def test_train_script_runs_resumes_and_writes_results(mnist_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_train([*SMALL, "--epochs=1", f"--model_dir={run_dir}"], mnist_data_dir, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "validation error" in first.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs_done"] == 1 and 0.0 <= results["validation_error"] <= 1.0
+    indices = json.loads((run_dir / "labeled_indices.json").read_text())
+    assert len(indices) == 20 and max(indices) < 400
+    # The same command with more epochs resumes from the checkpoint.
+    second = run_train([*SMALL, "--epochs=2", f"--model_dir={run_dir}"], mnist_data_dir,
+                       tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr
+    history = (run_dir / "history.csv").read_text().strip().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["1", "2"]
+    assert json.loads((run_dir / "results.json").read_text())["epochs_done"] == 2
+    # Other settings in the same directory are refused, clearly.
+    third = run_train([*SMALL, "--epochs=2", "--seed=4", f"--model_dir={run_dir}"],
+                      mnist_data_dir, tmp_path)
+    assert third.returncode == 1 and "other settings (seed: 0 there, 4 now)" in third.stderr
+
+
+def test_train_script_rejects_labels_not_divisible_by_classes(mnist_data_dir, tmp_path):
+    result = run_train([*SMALL, "--labels=105", f"--model_dir={tmp_path / 'r'}"],
+                       mnist_data_dir, tmp_path)
+    assert result.returncode == 1
+    assert "--labels=105 must be a positive multiple of the number of classes (10)" in result.stderr

@@ -1,0 +1,79 @@
+"""Trains M2 (and, soon, M1 / M1+M2) semi-supervised on MNIST and reports the error.
+
+    python train.py --model=m2 --labels=100 --eval_split=validation
+
+Run directory layout: see ssl_dgm/training.py.  Rerun the same command to resume.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_enum("model", "m2", ["m1", "m2", "m1m2"], "Which model of the paper to train.")
+flags.DEFINE_integer("labels", 100, "Labeled training images N (a multiple of 10 on MNIST).")
+flags.DEFINE_integer("epochs", 100, "Passes over the 50000 unlabeled training images.")
+flags.DEFINE_integer("batch_size", 100, "Unlabeled images per step.")
+flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam's initial learning rate.")
+flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine"], "Learning-rate schedule.")
+flags.DEFINE_float("alpha", None, "Weight of -log q(y|x) per labeled example. "
+                   "Default: the paper's 0.1*N per labeled example, 0.1*50000/labels.")
+flags.DEFINE_list("hidden_sizes", ["500", "500"], "Encoder/decoder hidden widths.")
+flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"], "q(y|x) hidden widths.")
+flags.DEFINE_integer("latent_size", 50, "Dimension of z.")
+flags.DEFINE_string("activation", "softplus", "Hidden activation.")
+flags.DEFINE_bool("binarize", True, "Dynamic binarisation of pixels (fresh sample per batch).")
+flags.DEFINE_integer("seed", 0, "Seeds the labeled subset, data order and model RNG.")
+flags.DEFINE_string("dataset", "mnist", "TFDS dataset name.")
+flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"),
+                    "TFDS data folder (default: $TFDS_DATA_DIR, else TFDS's own).")
+flags.DEFINE_string("model_dir", None, "Run directory (default: runs/<model>_<labels>_seed<seed>).")
+flags.DEFINE_string("eval_split", "test", "Split whose error is reported at the end: "
+                    "test, validation (= train[50000:]) or a TFDS split string.")
+flags.DEFINE_float("time_budget_minutes", None, "Stop after this much training time.")
+flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call.")
+flags.DEFINE_bool("jit_compile", True, "XLA-compile the train step.")
+flags.DEFINE_integer("train_examples", None, "Use only the first N training images (smoke tests).")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags():
+    from ssl_dgm.training import TrainConfig
+
+    return TrainConfig(
+        model=FLAGS.model, labels=FLAGS.labels, epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size, labeled_batch_size=FLAGS.labeled_batch_size,
+        learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, alpha=FLAGS.alpha,
+        hidden_sizes=tuple(int(h) for h in FLAGS.hidden_sizes),
+        classifier_hidden_sizes=tuple(int(h) for h in FLAGS.classifier_hidden_sizes),
+        latent_size=FLAGS.latent_size, activation=FLAGS.activation, binarize=FLAGS.binarize,
+        seed=FLAGS.seed, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+        eval_split=FLAGS.eval_split, time_budget_minutes=FLAGS.time_budget_minutes,
+        steps_per_execution=FLAGS.steps_per_execution, jit_compile=FLAGS.jit_compile,
+        train_examples=FLAGS.train_examples)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from ssl_dgm import training
+
+    try:
+        config = config_from_flags()
+        model_dir = FLAGS.model_dir or os.path.join(
+            "runs", f"{config.model}_{config.labels}_seed{config.seed}")
+        results = training.run(config, model_dir)
+    except (ValueError, FileNotFoundError, NotImplementedError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{config.model} with {config.labels} labels: {config.eval_split} error "
+          f"{100 * results['eval_error']:.2f}% (validation {100 * results['validation_error']:.2f}%)"
+          f" after {results['epochs_done']} epochs, {results['train_minutes']:.1f} min; "
+          f"run directory {model_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
