@@ -27,7 +27,9 @@ import tensorflow as tf
 from absl import logging
 
 from ssl_dgm import data, objectives
+from ssl_dgm.m1 import M1, LatentClassifier
 from ssl_dgm.m2 import M2
+from ssl_dgm.stacked import M1M2, active_dimensions
 
 MODELS = ("m1", "m2", "m1m2")
 
@@ -60,6 +62,11 @@ class TrainConfig:
       steps_per_execution: train steps per compiled call.
       jit_compile: XLA-compile the train step.
       train_examples: use only the first this many training images (tests); None: all.
+      m1_epochs: epochs of the M1 stage (m1, m1m2).
+      m1_hidden_sizes: M1 encoder/decoder hidden widths.
+      m1_latent_size: dimension of M1's z1.
+      m1_dir: reuse the finished M1 in this folder instead of training one.
+      head_steps: full-batch Adam steps of M1's softmax head on the labeled set.
     """
 
     model: str = "m2"
@@ -83,6 +90,11 @@ class TrainConfig:
     steps_per_execution: int = 50
     jit_compile: bool = True
     train_examples: Optional[int] = None
+    m1_epochs: int = 300
+    m1_hidden_sizes: Tuple[int, ...] = (600, 600)
+    m1_latent_size: int = 50
+    m1_dir: Optional[str] = None
+    head_steps: int = 500
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -90,7 +102,7 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
         for name in ("epochs", "batch_size", "labeled_batch_size", "latent_size",
-                     "steps_per_execution"):
+                     "steps_per_execution", "m1_epochs", "m1_latent_size", "head_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -140,13 +152,6 @@ def logit_of_mean(images):
     """Initial Bernoulli decoder bias: the logit of the mean training image."""
     mean = np.clip(images.reshape(len(images), -1).mean(axis=0), 1e-3, 1 - 1e-3)
     return np.log(mean / (1 - mean)).astype(np.float32)
-
-
-def learning_rate(config, steps_per_epoch):
-    if config.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=config.epochs * steps_per_epoch)
-    return config.learning_rate
 
 
 class Checkpointing(keras.callbacks.Callback):
@@ -229,17 +234,103 @@ class History(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def build_m2(config, input_size, num_train, decoder_bias=None, likelihood="bernoulli"):
+def fit_stage(model, train_ds, validation_ds, stage_dir, config, epochs, steps_per_epoch):
+    """Compiles and fits one model in `stage_dir`, resuming from its checkpoints.
+
+    Returns:
+      `(epochs_done, train_minutes)` over all sessions of this stage.
+    """
+    os.makedirs(stage_dir, exist_ok=True)
+    schedule = learning_rate(config, epochs * steps_per_epoch)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=config.jit_compile,
+                  steps_per_execution=min(config.steps_per_execution, steps_per_epoch))
+    model.optimizer.build(model.trainable_variables)
+    checkpointing = Checkpointing(model, os.path.join(stage_dir, "checkpoints"))
+    initial_epoch = checkpointing.restore()
+    if initial_epoch < epochs:
+        history = History(os.path.join(stage_dir, "history.csv"), checkpointing,
+                          config.time_budget_minutes)
+        model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  validation_data=validation_ds,
+                  callbacks=[history, checkpointing,
+                             keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs"))],
+                  verbose=1 if os.isatty(1) else 2)
+    return int(checkpointing.epoch.numpy()), float(checkpointing.train_seconds.numpy()) / 60
+
+
+def learning_rate(config, total_steps):
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
+    return config.learning_rate
+
+
+def m2_arguments(config, num_train):
     alpha = config.alpha
     if alpha is None:
         alpha = objectives.default_alpha(num_train, config.labels)
-    model = M2(input_size=input_size, num_classes=10, latent_size=config.latent_size,
-               hidden_sizes=config.hidden_sizes,
-               classifier_hidden_sizes=config.classifier_hidden_sizes,
-               activation=config.activation, likelihood=likelihood, alpha=alpha,
-               decoder_bias=decoder_bias, seed=config.seed)
+    return dict(num_classes=10, latent_size=config.latent_size,
+                hidden_sizes=config.hidden_sizes,
+                classifier_hidden_sizes=config.classifier_hidden_sizes,
+                activation=config.activation, alpha=alpha, seed=config.seed)
+
+
+M1_WEIGHTS = "m1.weights.h5"
+
+
+def build_m1(m1_config, input_size, decoder_bias=None):
+    model = M1(input_size, latent_size=m1_config["m1_latent_size"],
+               hidden_sizes=m1_config["m1_hidden_sizes"], activation=m1_config["activation"],
+               decoder_bias=decoder_bias, seed=m1_config["seed"])
     model.build()
     return model
+
+
+def m1_stage(config, model_dir, train, validation):
+    """Trains M1 (or loads a finished one) and returns it with its stage summary.
+
+    A finished M1 folder holds ``m1.weights.h5`` and ``results.json``; it is reused
+    from `config.m1_dir`, or from ``<model_dir>/m1`` when an earlier run finished it.
+    """
+    stage_dir = config.m1_dir or os.path.join(model_dir, "m1")
+    input_size = int(np.prod(train.images.shape[1:]))
+    finished = os.path.exists(os.path.join(stage_dir, "results.json"))
+    if config.m1_dir and not finished:
+        raise FileNotFoundError(f"--m1_dir {config.m1_dir} holds no finished M1 "
+                                f"({M1_WEIGHTS} and results.json)")
+    if finished:
+        summary = read_json(os.path.join(stage_dir, "results.json"))
+        m1 = build_m1(summary["config"], input_size)
+        m1.load_weights(os.path.join(stage_dir, M1_WEIGHTS))
+        logging.info("reusing the finished M1 in %s", stage_dir)
+        return m1, summary
+
+    m1_config = {k: getattr(config, k) for k in ("m1_latent_size", "m1_hidden_sizes",
+                                                 "activation", "seed")}
+    m1 = build_m1(m1_config, input_size, logit_of_mean(train.images))
+    train_ds = data.unlabeled_dataset(train.images, config.batch_size, config.seed,
+                                      config.binarize)
+    validation_ds = data.evaluation_dataset(validation, 1000, config.seed, config.binarize)
+    epochs, minutes = fit_stage(m1, train_ds, validation_ds, stage_dir, config,
+                                config.m1_epochs, len(train) // config.batch_size)
+    weights = os.path.join(stage_dir, M1_WEIGHTS)
+    temporary = weights + ".tmp.weights.h5"
+    m1.save_weights(temporary)
+    os.replace(temporary, weights)
+    summary = {"config": m1_config, "epochs_done": epochs, "train_minutes": minutes,
+               "validation_negative_elbo": float(m1.evaluate(validation_ds, verbose=0,
+                                                             return_dict=True)["loss"])}
+    write_json(os.path.join(stage_dir, "results.json"), summary)
+    return m1, summary
+
+
+def fit_head(classifier, labeled, config):
+    """Full-batch softmax regression of the labels on M1's posterior means."""
+    features = classifier.m1.predict_on_batch(labeled.images)
+    head = keras.Sequential([classifier.head, keras.layers.Softmax()])
+    head.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                 loss="sparse_categorical_crossentropy")
+    head.fit(features, labeled.labels, batch_size=len(features), epochs=config.head_steps,
+             verbose=0)
 
 
 def run(config: TrainConfig, model_dir: str):
@@ -248,8 +339,6 @@ def run(config: TrainConfig, model_dir: str):
     Returns:
       The results dict also written to ``results.json``.
     """
-    if config.model != "m2":
-        raise NotImplementedError(f"--model={config.model} is not implemented yet; use m2")
     prepare_run_dir(model_dir, config)
     keras.utils.set_random_seed(config.seed)
 
@@ -262,37 +351,40 @@ def run(config: TrainConfig, model_dir: str):
     indices = data.labeled_indices(train.labels, config.labels, num_classes, config.seed)
     write_json(os.path.join(model_dir, "labeled_indices.json"), indices.tolist())
     labeled = data.Split(train.images[indices], train.labels[indices])
-
-    train_ds = data.semi_supervised_dataset(labeled, train.images, config.labeled_batch_size,
-                                            config.batch_size, config.seed, config.binarize)
-    validation_ds = data.evaluation_dataset(validation, 1000, config.seed, config.binarize)
     steps_per_epoch = len(train) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the "
                          f"{len(train)} training images")
+    validation_ds = data.evaluation_dataset(validation, 1000, config.seed, config.binarize)
+    results = {"model": config.model, "labels": config.labels}
 
-    input_size = int(np.prod(train.images.shape[1:]))
-    model = build_m2(config, input_size, len(train), logit_of_mean(train.images))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
-                  jit_compile=config.jit_compile,
-                  steps_per_execution=min(config.steps_per_execution, steps_per_epoch))
-    model.optimizer.build(model.trainable_variables)
+    if config.model in ("m1", "m1m2"):
+        m1, results["m1"] = m1_stage(config, model_dir, train, validation)
+    if config.model == "m1":
+        model = LatentClassifier(m1, num_classes)
+        fit_head(model, labeled, config)
+        results["epochs_done"] = results["m1"]["epochs_done"]
+        results["train_minutes"] = 0.0  # the head's seconds are not tracked
+    else:
+        if config.model == "m2":
+            input_size = int(np.prod(train.images.shape[1:]))
+            model = M2(input_size, likelihood="bernoulli",
+                       decoder_bias=logit_of_mean(train.images),
+                       **m2_arguments(config, len(train)))
+        else:
+            active = active_dimensions(m1, train.images)
+            results["m1_active_dimensions"] = len(active)
+            model = M1M2(m1, active, **m2_arguments(config, len(train)))
+        model.build()
+        train_ds = data.semi_supervised_dataset(labeled, train.images,
+                                                config.labeled_batch_size, config.batch_size,
+                                                config.seed, config.binarize)
+        results["epochs_done"], results["train_minutes"] = fit_stage(
+            model, train_ds, validation_ds, model_dir, config, config.epochs, steps_per_epoch)
 
-    checkpointing = Checkpointing(model, os.path.join(model_dir, "checkpoints"))
-    initial_epoch = checkpointing.restore()
-    history = History(os.path.join(model_dir, "history.csv"), checkpointing,
-                      config.time_budget_minutes)
-    if initial_epoch < config.epochs:
-        model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                  validation_data=validation_ds,
-                  callbacks=[history, checkpointing,
-                             keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"))],
-                  verbose=1 if os.isatty(1) else 2)
-
-    results = {"model": config.model, "labels": config.labels,
-               "epochs_done": int(checkpointing.epoch.numpy()),
-               "train_minutes": float(checkpointing.train_seconds.numpy()) / 60,
-               "validation_error": evaluate_error(model, validation_ds)}
+    results["total_train_minutes"] = (results["train_minutes"]
+                                      + results.get("m1", {}).get("train_minutes", 0.0))
+    results["validation_error"] = evaluate_error(model, validation_ds)
     if config.eval_split != "validation":
         split = data.load_split(config.eval_split, config.dataset, config.data_dir)
         results[f"{config.eval_split}_error"] = evaluate_error(
@@ -304,7 +396,7 @@ def run(config: TrainConfig, model_dir: str):
 
 
 def evaluate_error(model, dataset):
-    """Classification error of q(y|x) on ``(x, y)`` batches, as a fraction."""
+    """Classification error of `model(x)` probabilities on ``(x, y)`` batches, a fraction."""
     wrong = total = 0
     for x, labels in dataset:
         predictions = np.argmax(model.predict_on_batch(x), axis=-1)

@@ -81,3 +81,44 @@ def test_train_script_rejects_labels_not_divisible_by_classes(mnist_data_dir, tm
                        mnist_data_dir, tmp_path)
     assert result.returncode == 1
     assert "--labels=105 must be a positive multiple of the number of classes (10)" in result.stderr
+
+
+M1_SMALL = ["--m1_epochs=1", "--m1_hidden_sizes=16", "--m1_latent_size=6", "--epochs=1",
+            "--head_steps=20"]
+
+
+def test_m1m2_command_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir, tmp_path):
+    first_dir = tmp_path / "stacked"
+    first = run_train([*SMALL, *M1_SMALL, "--model=m1m2", f"--model_dir={first_dir}"],
+                      mnist_data_dir, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "m1m2 with 20 labels: validation error" in first.stdout
+    results = json.loads((first_dir / "results.json").read_text())
+    assert results["m1"]["epochs_done"] == 1 and results["epochs_done"] == 1
+    assert 1 <= results["m1_active_dimensions"] <= 6
+    assert (first_dir / "m1" / "m1.weights.h5").exists()
+    assert (first_dir / "m1" / "history.csv").exists() and (first_dir / "history.csv").exists()
+    # A second stacked run on the same M1 skips the M1 stage.
+    second_dir = tmp_path / "again"
+    second = run_train([*SMALL, *M1_SMALL, "--model=m1m2", "--seed=1",
+                        f"--m1_dir={first_dir / 'm1'}", f"--model_dir={second_dir}"],
+                       mnist_data_dir, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing the finished M1" in second.stderr
+    assert not (second_dir / "m1").exists()
+    assert json.loads((second_dir / "results.json").read_text())["m1"] == results["m1"]
+
+
+def test_m1_command_reports_the_head_error(mnist_data_dir, tmp_path):
+    run_dir = tmp_path / "m1"
+    result = run_train([*SMALL, *M1_SMALL, "--model=m1", f"--model_dir={run_dir}"],
+                       mnist_data_dir, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 0.0 <= results["validation_error"] < 0.9  # 20 labels beat chance on M1 features
+
+
+def test_missing_m1_dir_is_a_clear_error(mnist_data_dir, tmp_path):
+    result = run_train([*SMALL, *M1_SMALL, "--model=m1m2", f"--m1_dir={tmp_path / 'none'}",
+                        f"--model_dir={tmp_path / 'r'}"], mnist_data_dir, tmp_path)
+    assert result.returncode == 1 and "holds no finished M1" in result.stderr

@@ -1,0 +1,74 @@
+"""M1: the latent-feature discriminative model (Kingma et al. 2014, section 3.1.1).
+
+A VAE with q(z|x) diagonal Gaussian, p(z) = N(0, I) and a Bernoulli p(x|z),
+trained on all images without labels; its posterior means are features for a
+classifier trained on the few labels (the paper used a transductive SVM; here it
+is a softmax head, `LatentClassifier`).
+"""
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from ssl_dgm import distributions, objectives
+from ssl_dgm.bound_model import BoundModel
+from ssl_dgm.networks import MLP
+
+
+class M1(BoundModel):
+    """VAE on flattened inputs; `call(x)` returns the posterior mean of z, ``[batch, latent]``.
+
+    Trains on batches of images (labels, if a dataset has them, are ignored).
+
+    Args:
+      input_size: dimension d of a flattened image.
+      latent_size: dimension of z.
+      hidden_sizes: hidden widths of encoder and decoder.
+      activation: hidden activation.
+      decoder_bias: optional initial decoder output bias, ``[d]``.
+      seed: seeds the model's `keras.random.SeedGenerator`.
+    """
+
+    def __init__(self, input_size: int, latent_size: int = 50,
+                 hidden_sizes: Sequence[int] = (600, 600), activation: str = "softplus",
+                 decoder_bias=None, seed=None, **kwargs):
+        super().__init__(input_size, ("loss", "distortion", "rate"), seed=seed, **kwargs)
+        self.latent_size = int(latent_size)
+        self.make_likelihood = distributions.bernoulli
+        self.encoder = MLP(hidden_sizes, 2 * latent_size, activation=activation, name="encoder")
+        self.decoder = MLP(hidden_sizes, self.input_size, activation=activation,
+                           output_bias=decoder_bias, name="decoder")
+
+    def build(self, input_shape=None):
+        self.decoder(self.encoder(tf.zeros([1, self.input_size]))[:, :self.latent_size])
+        super().build(input_shape)
+
+    def posterior(self, x):
+        """q(z|x) for inputs of any shape that flattens to d."""
+        return distributions.diagonal_gaussian(self.encoder(self.flatten(x)))
+
+    def call(self, x):
+        return self.posterior(x).mean()
+
+    def training_terms(self, x, _):
+        distortion, rate = objectives.elbo_terms(self.flatten(x), [], self.encoder,
+                                                 self.decoder, self.make_likelihood,
+                                                 self.next_seeds(1)[0])
+        terms = {"distortion": tf.reduce_mean(distortion), "rate": tf.reduce_mean(rate)}
+        terms["loss"] = terms["distortion"] + terms["rate"]  # mean J(x) = -ELBO
+        return terms
+
+
+class LatentClassifier(keras.Model):
+    """M1 + head: q(y|x) = softmax(head(E_q[z|x])) with M1 frozen; `call(x)` -> probabilities."""
+
+    def __init__(self, m1: M1, num_classes: int = 10, hidden_sizes: Sequence[int] = (),
+                 activation: str = "softplus", **kwargs):
+        super().__init__(**kwargs)
+        self.m1 = m1
+        self.m1.trainable = False
+        self.head = MLP(hidden_sizes, num_classes, activation=activation, name="head")
+
+    def call(self, x):
+        return tf.nn.softmax(self.head(self.m1(x)))
