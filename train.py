@@ -7,6 +7,7 @@ Run directory layout: see ssl_dgm/training.py.  Rerun the same command to resume
 """
 
 import os
+import shlex
 import sys
 
 from absl import app, flags
@@ -72,7 +73,8 @@ def main(argv):
         config = config_from_flags()
         model_dir = FLAGS.model_dir or os.path.join(
             "runs", f"{config.model}_{config.labels}_seed{config.seed}")
-        results = training.run(config, model_dir)
+        command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+        results = training.run(config, model_dir, command)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

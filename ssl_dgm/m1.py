@@ -51,6 +51,10 @@ class M1(BoundModel):
     def call(self, x):
         return self.posterior(x).mean()
 
+    def decode(self, z):
+        """Pixel means of p(x|z), ``[..., d]``."""
+        return self.make_likelihood(self.decoder(z)).mean()
+
     def training_terms(self, x, _):
         distortion, rate = objectives.elbo_terms(self.flatten(x), [], self.encoder,
                                                  self.decoder, self.make_likelihood,

@@ -43,6 +43,7 @@ class M2(BoundModel):
                          ("loss", "labeled_bound", "unlabeled_bound", "classification",
                           "error"), seed=seed, **kwargs)
         self.num_classes = int(num_classes)
+        self.latent_size = int(latent_size)
         self.alpha = float(alpha)
         self.make_likelihood, outputs_per_dim = distributions.likelihood(likelihood)
         self.encoder = MLP(hidden_sizes, 2 * latent_size, num_inputs=2,
@@ -64,6 +65,15 @@ class M2(BoundModel):
     def call(self, x):
         """q(y|x) probabilities ``[batch, K]``."""
         return tf.nn.softmax(self.classifier(self.features(x)))
+
+    def style(self, x, labels_one_hot):
+        """The posterior mean of z given inputs and labels, ``[batch, latent]``."""
+        return distributions.diagonal_gaussian(
+            self.encoder([self.features(x), labels_one_hot])).mean()
+
+    def decode(self, z, labels_one_hot):
+        """The mean of p(x|y, z) in data space, ``[..., d]`` (broadcasts like the MLPs)."""
+        return self.make_likelihood(self.decoder([z, labels_one_hot])).mean()
 
     def build(self, input_shape=None):
         # Create every variable now, so that checkpoints restore before fit.

@@ -41,6 +41,13 @@ class M1M2(M2):
         self.m1.trainable = False
         self.active = tf.constant(np.asarray(active), tf.int32)
 
+    def decode(self, z, labels_one_hot):
+        """Pixel means: the mean of p(z1|y, z2) in the active dimensions (the prior
+        mean 0 elsewhere), decoded by M1's p(x|z1)."""
+        active_codes = super().decode(z, labels_one_hot)
+        embed = tf.one_hot(self.active, self.m1.latent_size, dtype=active_codes.dtype)
+        return self.m1.decode(tf.einsum("...a,al->...l", active_codes, embed))
+
     def features(self, x, seed=None):
         posterior = self.m1.posterior(x)
         codes = posterior.mean() if seed is None else posterior.sample(seed=seed)

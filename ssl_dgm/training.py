@@ -130,8 +130,12 @@ def read_json(path):
         return json.load(f)
 
 
-def prepare_run_dir(model_dir, config):
-    """Creates the run directory or checks that it was made by the same config."""
+def prepare_run_dir(model_dir, config, command=None):
+    """Creates the run directory or checks that it was made by the same config.
+
+    `command` (the command line) is appended to ``commands.txt``, so the folder
+    says what produced it, resumes included.
+    """
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, "config.json")
     wanted = dataclasses.asdict(config)
@@ -146,6 +150,9 @@ def prepare_run_dir(model_dir, config):
             raise ValueError(f"{model_dir} holds a run made with other settings ({details}); "
                              f"use a new --model_dir or the same flags to resume it")
     write_json(path, wanted)
+    if command:
+        with open(os.path.join(model_dir, "commands.txt"), "a") as f:
+            f.write(command + "\n")
 
 
 def logit_of_mean(images):
@@ -333,13 +340,15 @@ def fit_head(classifier, labeled, config):
              verbose=0)
 
 
-def run(config: TrainConfig, model_dir: str):
+def run(config: TrainConfig, model_dir: str, command: Optional[str] = None):
     """Trains the configured model in `model_dir` (resuming if possible).
+
+    `command`, if given, is recorded in the run directory's ``commands.txt``.
 
     Returns:
       The results dict also written to ``results.json``.
     """
-    prepare_run_dir(model_dir, config)
+    prepare_run_dir(model_dir, config, command)
     keras.utils.set_random_seed(config.seed)
 
     train = data.load_split("train", config.dataset, config.data_dir)
@@ -356,7 +365,8 @@ def run(config: TrainConfig, model_dir: str):
         raise ValueError(f"batch_size {config.batch_size} exceeds the "
                          f"{len(train)} training images")
     validation_ds = data.evaluation_dataset(validation, 1000, config.seed, config.binarize)
-    results = {"model": config.model, "labels": config.labels}
+    results = {"model": config.model, "labels": config.labels,
+               "image_shape": list(train.images.shape[1:]), "num_train": len(train)}
 
     if config.model in ("m1", "m1m2"):
         m1, results["m1"] = m1_stage(config, model_dir, train, validation)
@@ -373,7 +383,7 @@ def run(config: TrainConfig, model_dir: str):
                        **m2_arguments(config, len(train)))
         else:
             active = active_dimensions(m1, train.images)
-            results["m1_active_dimensions"] = len(active)
+            results["m1_active_dimensions"] = active.tolist()
             model = M1M2(m1, active, **m2_arguments(config, len(train)))
         model.build()
         train_ds = data.semi_supervised_dataset(labeled, train.images,
@@ -403,3 +413,39 @@ def evaluate_error(model, dataset):
         wrong += int(np.sum(predictions != labels.numpy()))
         total += len(predictions)
     return wrong / total
+
+
+def load_trained(model_dir):
+    """Rebuilds the finished M2 or M1+M2 run in `model_dir` with its last weights.
+
+    Returns:
+      ``(model, config, results)``.
+
+    Raises:
+      ValueError: the run is unfinished (no results.json) or not an M2 / M1+M2 run.
+    """
+    results_path = os.path.join(model_dir, "results.json")
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        raise ValueError(f"{model_dir} is not a training run directory (no config.json)")
+    if not os.path.exists(results_path):
+        raise ValueError(f"{model_dir} holds an unfinished run (no results.json); finish it "
+                         f"with the command in its commands.txt")
+    stored = read_json(os.path.join(model_dir, "config.json"))
+    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in stored.items()})
+    results = read_json(results_path)
+    if config.model not in ("m2", "m1m2"):
+        raise ValueError(f"{model_dir} is an {config.model} run; only m2 and m1m2 runs "
+                         f"generate digits and can be exported")
+    input_size = int(np.prod(results["image_shape"]))
+    if config.model == "m2":
+        model = M2(input_size, likelihood="bernoulli",
+                   **m2_arguments(config, results["num_train"]))
+    else:
+        m1 = build_m1(results["m1"]["config"], input_size)
+        model = M1M2(m1, results["m1_active_dimensions"],
+                     **m2_arguments(config, results["num_train"]))
+    model.build()
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    return model, config, results

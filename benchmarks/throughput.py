@@ -1,0 +1,244 @@
+"""Training throughput of ssl_dgm's models against a plain XLA-compiled M2 step.
+
+    python benchmarks/throughput.py                       # writes docs/throughput.md/.json
+
+For M2 it times, in one process and interleaved, (a) a straightforward M2 step
+written with plain TF ops -- encoder on concat([x, y]) with x repeated for each of
+the K labels, jit-compiled -- and (b) ssl_dgm's M2 through `Model.fit` on the
+in-memory tf.data stream, both at the same sizes.  It also times M1 and M1+M2,
+counts the matmul FLOPs of each step from the layer shapes (backward = 2x
+forward), and probes this machine's fp32 matmul GFLOP/s, so each time can be read
+as a fraction of what the CPU can do.  Numbers are medians over --repeats.
+"""
+
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ssl_dgm  # noqa: E402,F401  (TensorFlow backend)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ssl_dgm import data, objectives  # noqa: E402
+from ssl_dgm.m1 import M1  # noqa: E402
+from ssl_dgm.m2 import M2  # noqa: E402
+from ssl_dgm.stacked import M1M2  # noqa: E402
+
+flags.DEFINE_list("hidden_sizes", ["500", "500"], "M2 encoder/decoder hidden widths.")
+flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"], "M2 q(y|x) hidden widths.")
+flags.DEFINE_list("m1_hidden_sizes", ["600", "600"], "M1 hidden widths.")
+flags.DEFINE_integer("latent_size", 50, "z (and M1's z1) size.")
+flags.DEFINE_integer("batch_size", 100, "Unlabeled images per step.")
+flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
+flags.DEFINE_integer("steps", 100, "Steps per timed repeat.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats per variant (median reported).")
+flags.DEFINE_integer("threads", 0, "intra/inter-op threads (0: TensorFlow's default).")
+flags.DEFINE_string("output", "docs/throughput", "Writes OUTPUT.md and OUTPUT.json.")
+FLAGS = flags.FLAGS
+
+D, K, IMAGES_PER_EPOCH = 784, 10, 50000
+
+
+def dense_flops(rows, widths):
+    """Forward matmul FLOPs of dense layers ``widths[0] -> widths[1] -> ...`` on `rows`."""
+    return sum(2 * rows * a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def m2_flops(b_l, b_u, d, hidden, clf_hidden, z, shared_first_layer, gaussian=False):
+    """Matmul FLOPs of one M2 training step (forward x 3 for backward)."""
+    out = 2 * d if gaussian else d
+    h0 = hidden[0]
+    rows = b_l + b_u * K
+    enc = dense_flops(rows, list(hidden) + [2 * z])
+    dec = dense_flops(rows, list(hidden) + [out]) + 2 * rows * (z + K) * h0
+    x_rows = b_l + b_u if shared_first_layer else rows
+    enc += 2 * x_rows * d * h0 + 2 * rows * K * h0 * (0 if shared_first_layer else 1)
+    clf = dense_flops(b_l + b_u, [d] + list(clf_hidden) + [K])
+    return 3 * (enc + dec + clf)
+
+
+def m1_flops(b, d, hidden, z):
+    return 3 * (dense_flops(b, [d] + list(hidden) + [2 * z]) +
+                dense_flops(b, [z] + list(hidden) + [d]))
+
+
+def matmul_gflops(n=2048, repeats=20):
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            matmul().numpy()
+        times.append((time.perf_counter() - start) / repeats)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def naive_m2_step(hidden, clf_hidden, z, alpha):
+    """A straightforward jit-compiled M2 step in plain TF ops (the reference point)."""
+    def mlp(widths, out):
+        return keras.Sequential([keras.layers.Dense(w, activation="softplus") for w in widths]
+                                + [keras.layers.Dense(out)])
+
+    encoder, decoder, classifier = mlp(hidden, 2 * z), mlp(hidden, D), mlp(clf_hidden, K)
+    optimizer = keras.optimizers.Adam(1e-3)
+
+    def bound(x, y, seed):
+        loc, raw = tf.split(encoder(tf.concat([x, y], -1)), 2, -1)
+        scale = tf.nn.softplus(raw) + 1e-4
+        sample = loc + scale * tf.random.stateless_normal(tf.shape(loc), seed)
+        logits = decoder(tf.concat([sample, y], -1))
+        distortion = tf.reduce_sum(
+            tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), -1)
+        kl = 0.5 * tf.reduce_sum(loc ** 2 + scale ** 2 - 1 - 2 * tf.math.log(scale), -1)
+        return distortion + kl + math.log(K)
+
+    @tf.function(jit_compile=True)
+    def step(x_l, y_l, x_u, seed):
+        b_u = tf.shape(x_u)[0]
+        with tf.GradientTape() as tape:
+            labeled = bound(x_l, tf.one_hot(y_l, K), seed)
+            repeated = tf.repeat(x_u, K, axis=0)
+            labels = tf.tile(tf.eye(K), [b_u, 1])
+            per_label = tf.reshape(bound(repeated, labels, seed + 1), [b_u, K])
+            q = tf.nn.softmax(classifier(x_u))
+            unlabeled = tf.reduce_sum(q * per_label, -1) + tf.reduce_sum(
+                q * tf.math.log(q + 1e-12), -1)
+            classification = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=y_l, logits=classifier(x_l))
+            loss = (tf.reduce_mean(labeled) + tf.reduce_mean(unlabeled)
+                    + alpha * tf.reduce_mean(classification))
+        variables = (encoder.trainable_variables + decoder.trainable_variables
+                     + classifier.trainable_variables)
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    return step
+
+
+def time_naive(step, x_l, y_l, x_u, steps):
+    step(x_l, y_l, x_u, tf.constant([0, 0]))
+    start = time.perf_counter()
+    for i in range(steps):
+        loss = step(x_l, y_l, x_u, tf.constant([i, 1]))
+    loss.numpy()
+    return (time.perf_counter() - start) / steps
+
+
+class _Timer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def time_fit(model, dataset, steps, repeats):
+    """Median seconds per step of `fit` over epochs of `steps` steps (first epoch = warm-up)."""
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True,
+                  steps_per_execution=min(50, steps))
+    timer = _Timer()
+    timer.seconds = []
+    model.fit(dataset.repeat(), steps_per_epoch=steps, epochs=repeats + 1, verbose=0,
+              callbacks=[timer])
+    return [s / steps for s in timer.seconds[1:]]
+
+
+def main(argv):
+    del argv
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+    hidden = tuple(int(h) for h in FLAGS.hidden_sizes)
+    clf_hidden = tuple(int(h) for h in FLAGS.classifier_hidden_sizes)
+    m1_hidden = tuple(int(h) for h in FLAGS.m1_hidden_sizes)
+    b_l, b_u, z = FLAGS.labeled_batch_size, FLAGS.batch_size, FLAGS.latent_size
+    alpha = objectives.default_alpha(IMAGES_PER_EPOCH, 100)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(5000, 28, 28, 1)).astype(np.float32)
+    labels = rng.integers(0, K, 5000)
+    labeled = data.Split(images[:100], labels[:100])
+    stream = data.semi_supervised_dataset(labeled, images, b_l, b_u, seed=0)
+    unlabeled_stream = data.unlabeled_dataset(images, b_u, seed=0)
+    x_l = tf.constant((images[:b_l].reshape(b_l, D) > 0.5).astype(np.float32))
+    y_l = tf.constant(labels[:b_l])
+    x_u = tf.constant((images[:b_u].reshape(b_u, D) > 0.5).astype(np.float32))
+
+    gflops = matmul_gflops()
+    naive = naive_m2_step(hidden, clf_hidden, z, alpha)
+    m2 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
+            alpha=alpha, seed=0)
+    m2.build()
+    m1 = M1(D, latent_size=z, hidden_sizes=m1_hidden, seed=0)
+    m1.build()
+    stacked = M1M2(m1, np.arange(z), hidden_sizes=(500,), classifier_hidden_sizes=(500,),
+                   latent_size=z, alpha=alpha, seed=0)
+    stacked.build()
+
+    naive_times, m2_times = [], []
+    for _ in range(FLAGS.repeats):  # interleaved, so both see the same machine load
+        naive_times.append(time_naive(naive, x_l, y_l, x_u, FLAGS.steps))
+        m2_times += time_fit(m2, stream, FLAGS.steps, 1)
+    m1_times = time_fit(m1, unlabeled_stream, FLAGS.steps, FLAGS.repeats)
+    stacked_times = time_fit(stacked, stream, FLAGS.steps, FLAGS.repeats)
+
+    rows = []
+    for name, times, flops in [
+        ("M2, plain XLA step (x repeated per label)", naive_times,
+         m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=False)),
+        ("M2, ssl_dgm fit", m2_times,
+         m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
+        ("M1, ssl_dgm fit", m1_times, m1_flops(b_u, D, m1_hidden, z)),
+        ("M1+M2, ssl_dgm fit (M2 1x500 on 50-d codes)", stacked_times,
+         m1_flops(b_l + b_u, D, m1_hidden, z) // 3
+         + m2_flops(b_l, b_u, z, (500,), (500,), z, True, gaussian=True)),
+    ]:
+        ms = 1000 * statistics.median(times)
+        steps_per_epoch = IMAGES_PER_EPOCH // b_u
+        rows.append({"variant": name, "ms_per_step": ms,
+                     "seconds_per_50k_epoch": ms * steps_per_epoch / 1000,
+                     "images_per_second": 1000 * (b_u + (b_l if "M1," not in name else 0)) / ms,
+                     "gflop_per_step": flops / 1e9,
+                     "fraction_of_matmul_peak": flops / (ms / 1000) / 1e9 / gflops,
+                     "all_ms": [1000 * t for t in times]})
+    ratio = rows[1]["ms_per_step"] / rows[0]["ms_per_step"]
+    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    result = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+              f"TF {tf.__version__}", "matmul_gflops_2048": gflops, "rows": rows,
+              "m2_ratio_ssl_dgm_over_plain": ratio,
+              "sizes": {"hidden": hidden, "classifier_hidden": clf_hidden, "latent": z,
+                        "labeled_batch": b_l, "unlabeled_batch": b_u}}
+    lines = [f"# Training throughput", "", f"Command: `{command}`", "",
+             f"Machine: {result['machine']}; fp32 matmul probe (2048²): {gflops:.0f} GFLOP/s.",
+             f"Sizes: hidden {hidden}, classifier {clf_hidden}, z {z}, "
+             f"{b_l} labeled + {b_u} unlabeled images per step. Medians of {FLAGS.repeats} "
+             f"repeats of {FLAGS.steps} steps; M2 variants timed interleaved.", "",
+             "| variant | ms/step | s per 50k-image epoch | images/s | GFLOP/step | of matmul peak |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['ms_per_step']:.1f} | "
+                     f"{r['seconds_per_50k_epoch']:.1f} | {r['images_per_second']:.0f} | "
+                     f"{r['gflop_per_step']:.2f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
+    lines += ["", f"ssl_dgm M2 step / plain XLA M2 step: **{ratio:.2f}×**", ""]
+    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
+    with open(FLAGS.output + ".md", "w") as f:
+        f.write("\n".join(lines))
+    with open(FLAGS.output + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app.run(main)

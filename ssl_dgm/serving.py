@@ -1,0 +1,172 @@
+"""SavedModels for TF Serving and for drawing digits, written atomically.
+
+Two `tf.Module`s wrap a trained M2 or M1+M2 (`M2`/`M1M2`); their signatures are
+what a server or `tf.saved_model.load` sees, and need nothing from ssl_dgm:
+
+classifier
+  ``serving_default(images: float32 [batch, H, W, C] in [0, 1])``
+  -> ``probabilities: float32 [batch, K]``, ``classes: int64 [batch]``
+
+generator (every input has a batch dimension, so TF Serving's row format works)
+  ``generate(labels: int32 [batch], z: float32 [batch, latent])`` -> ``images``
+  ``sample(labels: int32 [batch], seed: int32 [batch])`` -> ``images``, with
+  z ~ N(0, I) drawn from each row's seed (same seed, same digit)
+  ``analogies(images: float32 [batch, H, W, C])`` -> ``images [batch, K, H, W, C]``:
+  each input's style z = E[q(z|x, y*)], y* = argmax q(y|x), drawn as every class
+  (the paper's figure 1b)
+
+Images out are the Bernoulli means of p(x|y, z), in [0, 1].
+
+TF Serving loads ``<base>/<name>/<version>/`` where version is an integer; a
+version is written under a temporary, non-numeric name and renamed into place,
+so a server polling the folder never sees a half-written model.
+"""
+
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+
+def _check_images(images, image_shape):
+    # Servers feed tensors without checking them against the signature, so check here.
+    images = tf.ensure_shape(images, [None, *image_shape],
+                             name="images_must_be_batch_x_" + "x".join(map(str, image_shape)))
+    tf.debugging.assert_greater_equal(images, 0.0, message="images must be in [0, 1]")
+    tf.debugging.assert_less_equal(images, 1.0, message="images must be in [0, 1]")
+    return images
+
+
+class Classifier(tf.Module):
+    """``serving_default``: images -> q(y|x) probabilities and argmax classes."""
+
+    def __init__(self, model, image_shape):
+        super().__init__(name="classifier")
+        self.model = model
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.serving_default = tf.function(
+            self._classify,
+            input_signature=[tf.TensorSpec([None, *self.image_shape], tf.float32, "images")])
+
+    def _classify(self, images):
+        probabilities = self.model(_check_images(images, self.image_shape))
+        return {"probabilities": probabilities,
+                "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+
+    def signatures(self):
+        return {"serving_default": self.serving_default}
+
+
+class Generator(tf.Module):
+    """Class-conditional generation from a trained M2 / M1+M2 (see module docstring)."""
+
+    def __init__(self, model, image_shape):
+        super().__init__(name="generator")
+        self.model = model
+        self.image_shape = tuple(int(s) for s in image_shape)
+        batch = [None]
+        labels = tf.TensorSpec(batch, tf.int32, "labels")
+        self.generate = tf.function(self._generate, input_signature=[
+            labels, tf.TensorSpec([None, model.latent_size], tf.float32, "z")])
+        self.sample = tf.function(self._sample, input_signature=[
+            labels, tf.TensorSpec(batch, tf.int32, "seed")])
+        self.analogies = tf.function(self._analogies, input_signature=[
+            tf.TensorSpec([None, *self.image_shape], tf.float32, "images")])
+
+    def _one_hot(self, labels):
+        classes = self.model.num_classes
+        tf.debugging.assert_non_negative(labels, message=f"labels must be in [0, {classes})")
+        tf.debugging.assert_less(labels, classes, message=f"labels must be in [0, {classes})")
+        return tf.one_hot(labels, classes)
+
+    def _images(self, pixels, leading_shape):
+        return tf.reshape(pixels, tf.concat([leading_shape, self.image_shape], axis=0))
+
+    def _generate(self, labels, z):
+        tf.debugging.assert_equal(tf.shape(labels)[0], tf.shape(z)[0],
+                                  message="labels and z need the same batch size")
+        pixels = self.model.decode(z, self._one_hot(labels))
+        return {"images": self._images(pixels, tf.shape(labels))}
+
+    def _sample(self, labels, seed):
+        tf.debugging.assert_equal(tf.shape(labels)[0], tf.shape(seed)[0],
+                                  message="labels and seed need the same batch size")
+        latent = self.model.latent_size
+        z = tf.map_fn(lambda s: tf.random.stateless_normal([latent], tf.stack([s, 0])),
+                      seed, fn_output_signature=tf.float32)
+        return self._generate(labels, z)
+
+    def _analogies(self, images):
+        images = _check_images(images, self.image_shape)
+        classes = self.model.num_classes
+        predicted = tf.argmax(self.model(images), axis=-1)
+        style = self.model.style(images, tf.one_hot(predicted, classes))   # [batch, latent]
+        pixels = self.model.decode(style[:, None, :], tf.eye(classes))     # [batch, K, d]
+        return {"images": self._images(pixels, tf.shape(pixels)[:2])}
+
+    def signatures(self):
+        return {"generate": self.generate, "sample": self.sample,
+                "analogies": self.analogies}
+
+
+def next_version(export_dir, name):
+    """One more than the largest integer version in ``export_dir/name`` (1 if none)."""
+    folder = os.path.join(export_dir, name)
+    versions = [int(v) for v in os.listdir(folder) if v.isdigit()] if os.path.isdir(folder) else []
+    return max(versions, default=0) + 1
+
+
+def save_atomically(module, export_dir, name, version):
+    """Writes ``export_dir/name/version`` via a temporary folder and one rename.
+
+    Raises:
+      FileExistsError: that version exists already (versions are immutable).
+    """
+    folder = os.path.join(export_dir, name)
+    final = os.path.join(folder, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists; TF Serving versions are immutable, "
+                              f"choose another --version")
+    os.makedirs(folder, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=folder)
+    try:
+        tf.saved_model.save(module, temporary, signatures=module.signatures())
+        os.replace(temporary, final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return final
+
+
+MODELS_CONFIG = """model_config_list {{
+{entries}}}
+"""
+
+
+def models_config(base_path, names=("classifier", "generator")):
+    """TF Serving's ``--model_config_file`` text proto serving `names` from `base_path`."""
+    entries = "".join(
+        f'  config {{\n    name: "{n}"\n    base_path: "{base_path}/{n}"\n'
+        f'    model_platform: "tensorflow"\n  }}\n' for n in names)
+    return MODELS_CONFIG.format(entries=entries)
+
+
+def export_run(model_dir, export_dir, version=None, base_path="/models"):
+    """Exports a finished M2 / M1+M2 run as ``classifier`` and ``generator``.
+
+    Returns:
+      dict name -> written folder.
+    """
+    from ssl_dgm import training  # training imports the models; keep serving light
+
+    model, _, results = training.load_trained(model_dir)
+    image_shape = results["image_shape"]
+    modules = {"classifier": Classifier(model, image_shape),
+               "generator": Generator(model, image_shape)}
+    if version is None:
+        version = max(next_version(export_dir, name) for name in modules)
+    written = {name: save_atomically(module, export_dir, name, version)
+               for name, module in modules.items()}
+    training.atomic_write(os.path.join(export_dir, "models.config"), models_config(base_path))
+    return written
