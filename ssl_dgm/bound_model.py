@@ -52,7 +52,11 @@ class BoundModel(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms = self.training_terms(x, y)
-        gradients = tape.gradient(terms["loss"], self.trainable_variables)
+            # Under a tf.distribute strategy each replica sees 1/n of the global batch
+            # and the optimizer sums the replicas' gradients: scale the mean by 1/n.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = terms["loss"] / replicas
+        gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._update(terms)
 

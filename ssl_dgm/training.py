@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from typing import Optional, Tuple
@@ -32,6 +33,7 @@ from ssl_dgm.m2 import M2
 from ssl_dgm.stacked import M1M2, active_dimensions
 
 MODELS = ("m1", "m2", "m1m2")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,9 @@ class TrainConfig:
       m1_latent_size: dimension of M1's z1.
       m1_dir: reuse the finished M1 in this folder instead of training one.
       head_steps: full-batch Adam steps of M1's softmax head on the labeled set.
+      strategy: ``default`` (one device), ``mirrored`` (all local devices) or
+        ``multi_worker`` (MultiWorkerMirroredStrategy, cluster from TF_CONFIG).
+        Batch sizes are global: each of n replicas gets 1/n of every batch.
     """
 
     model: str = "m2"
@@ -95,8 +100,11 @@ class TrainConfig:
     m1_latent_size: int = 50
     m1_dir: Optional[str] = None
     head_steps: int = 500
+    strategy: str = "default"
 
     def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {MODELS}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -108,7 +116,7 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed (the rest must match config.json).
-RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes")
+RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "strategy")
 
 
 def atomic_write(path, text):
@@ -257,12 +265,60 @@ def fit_stage(model, train_ds, validation_ds, stage_dir, config, epochs, steps_p
     if initial_epoch < epochs:
         history = History(os.path.join(stage_dir, "history.csv"), checkpointing,
                           config.time_budget_minutes)
-        model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  validation_data=validation_ds,
-                  callbacks=[history, checkpointing,
-                             keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs"))],
-                  verbose=1 if os.isatty(1) else 2)
+        callbacks = [history, checkpointing]
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3's fit fails under this strategy (keras-team/keras#20585):
+            # run the same train_step through strategy.run instead.
+            distributed_fit(model, train_ds, validation_ds, strategy, epochs, initial_epoch,
+                            callbacks)
+        else:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")))
+            model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+                      validation_data=validation_ds, callbacks=callbacks,
+                      verbose=1 if os.isatty(1) else 2)
     return int(checkpointing.epoch.numpy()), float(checkpointing.train_seconds.numpy()) / 60
+
+
+def distributed_fit(model, train_ds, validation_ds, strategy, epochs, initial_epoch,
+                    callbacks):
+    """The fit loop for MultiWorkerMirroredStrategy: `model.train_step` per replica."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train = strategy.experimental_distribute_dataset(train_ds.with_options(options))
+    validation = strategy.experimental_distribute_dataset(validation_ds.with_options(options))
+
+    def mean_over_replicas(logs):
+        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+
+    @tf.function
+    def train_step(batch):
+        return mean_over_replicas(strategy.run(model.train_step, args=(batch,)))
+
+    @tf.function
+    def test_step(batch):
+        return mean_over_replicas(strategy.run(model.test_step, args=(batch,)))
+
+    callbacks = keras.callbacks.CallbackList(callbacks, model=model)
+    callbacks.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callbacks.on_epoch_begin(epoch)
+        for step, batch in enumerate(train):
+            logs = train_step(batch)
+            callbacks.on_train_batch_end(step, {k: float(v) for k, v in logs.items()})
+        logs = {k: float(v) for k, v in logs.items()}
+        callbacks.on_test_begin()
+        model.reset_metrics()
+        for batch in validation:
+            val_logs = test_step(batch)
+        logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
+        callbacks.on_epoch_end(epoch, logs)
+        logging.info("epoch %d/%d: %s", epoch + 1, epochs,
+                     " - ".join(f"{k}: {v:.4f}" for k, v in sorted(logs.items())))
+        if model.stop_training:
+            break
+    callbacks.on_train_end()
 
 
 def learning_rate(config, total_steps):
@@ -340,14 +396,54 @@ def fit_head(classifier, labeled, config):
              verbose=0)
 
 
+def make_strategy(name):
+    """The tf.distribute strategy for `TrainConfig.strategy`.
+
+    Create it before any other TensorFlow work: MultiWorkerMirroredStrategy sets
+    up collective ops, which must happen at program start-up.
+    """
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy=multi_worker needs TF_CONFIG describing the cluster "
+                             "(see README, 'Scaling out')")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
 def run(config: TrainConfig, model_dir: str, command: Optional[str] = None):
     """Trains the configured model in `model_dir` (resuming if possible).
 
     `command`, if given, is recorded in the run directory's ``commands.txt``.
+    Under ``multi_worker`` only the chief writes `model_dir`; the other workers
+    write (the same) checkpoints to a temporary folder, which they remove.
 
     Returns:
       The results dict also written to ``results.json``.
     """
+    strategy = make_strategy(config.strategy)
+    if is_chief(strategy):
+        with strategy.scope():
+            return _run(config, model_dir, command)
+    scratch = tempfile.mkdtemp(prefix="ssl_dgm_worker_")
+    try:
+        with strategy.scope():
+            return _run(config, scratch, command)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(config, model_dir, command):
     prepare_run_dir(model_dir, config, command)
     keras.utils.set_random_seed(config.seed)
 
