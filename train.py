@@ -45,6 +45,8 @@ flags.DEFINE_integer("head_steps", 500, "Full-batch steps of M1's softmax head (
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy: one device, all local devices, or the cluster "
                   "in TF_CONFIG. Batch sizes are global.")
+flags.DEFINE_float("checkpoint_minutes", 10.0,
+                   "Also checkpoint within an epoch after this many training minutes.")
 
 FLAGS = flags.FLAGS
 
@@ -65,7 +67,7 @@ def config_from_flags():
         train_examples=FLAGS.train_examples, m1_epochs=FLAGS.m1_epochs,
         m1_hidden_sizes=tuple(int(h) for h in FLAGS.m1_hidden_sizes),
         m1_latent_size=FLAGS.m1_latent_size, m1_dir=FLAGS.m1_dir, head_steps=FLAGS.head_steps,
-        strategy=FLAGS.strategy)
+        strategy=FLAGS.strategy, checkpoint_minutes=FLAGS.checkpoint_minutes)
 
 
 def main(argv):

@@ -72,6 +72,7 @@ class TrainConfig:
       strategy: ``default`` (one device), ``mirrored`` (all local devices) or
         ``multi_worker`` (MultiWorkerMirroredStrategy, cluster from TF_CONFIG).
         Batch sizes are global: each of n replicas gets 1/n of every batch.
+      checkpoint_minutes: also checkpoint within an epoch after this much training.
     """
 
     model: str = "m2"
@@ -101,6 +102,7 @@ class TrainConfig:
     m1_dir: Optional[str] = None
     head_steps: int = 500
     strategy: str = "default"
+    checkpoint_minutes: float = 10.0
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -116,7 +118,8 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed (the rest must match config.json).
-RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "strategy")
+RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "strategy",
+                    "checkpoint_minutes")
 
 
 def atomic_write(path, text):
@@ -170,13 +173,16 @@ def logit_of_mean(images):
 
 
 class Checkpointing(keras.callbacks.Callback):
-    """Saves model, optimizer, RNG state, epoch and training time after every epoch.
+    """Saves model, optimizer, RNG state, epoch and training time.
 
-    tf.train.CheckpointManager writes new files first and then swaps the small
-    ``checkpoint`` index, so a kill mid-save leaves the previous checkpoint valid.
+    Saves after every epoch and, within an epoch, every `interval_minutes` of
+    training.  tf.train.CheckpointManager writes new files first and then swaps
+    the small ``checkpoint`` index, so a kill mid-save leaves the previous
+    checkpoint valid.  A run resumed from a mid-epoch checkpoint keeps its weights
+    and optimizer state and starts that epoch's data pass again.
     """
 
-    def __init__(self, model, directory):
+    def __init__(self, model, directory, interval_minutes=10.0):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
@@ -184,6 +190,7 @@ class Checkpointing(keras.callbacks.Callback):
                                               epoch=self.epoch,
                                               train_seconds=self.train_seconds)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+        self.interval_seconds = 60 * interval_minutes
 
     def restore(self):
         """Restores the newest checkpoint, if any; returns the epochs already done."""
@@ -193,16 +200,54 @@ class Checkpointing(keras.callbacks.Callback):
                          int(self.epoch.numpy()))
         return int(self.epoch.numpy())
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = self.last_save = time.perf_counter()
+        self.seconds_before = float(self.train_seconds.numpy())
+        self.train_end = None
+
+    def on_test_begin(self, logs=None):
+        if self.train_end is None:  # validation time does not count as training
+            self.train_end = time.perf_counter()
+
+    def epoch_train_seconds(self):
+        return (self.train_end or time.perf_counter()) - self.epoch_start
+
+    def _save(self):
+        self.train_seconds.assign(self.seconds_before + self.epoch_train_seconds())
+        self.manager.save()
+        self.last_save = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self.last_save > self.interval_seconds:
+            self._save()
+
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
+        self._save()
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops on a NaN/Inf loss, naming the step and the last good checkpoint (kept)."""
+
+    def __init__(self, checkpointing):
+        super().__init__()
+        self.checkpointing = checkpointing
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            last = self.checkpointing.manager.latest_checkpoint or "none yet"
+            raise FloatingPointError(
+                f"non-finite loss {float(loss)} at step "
+                f"{int(self.model.optimizer.iterations)}; training stopped. "
+                f"Last good checkpoint: {last}")
 
 
 class History(keras.callbacks.Callback):
-    """Appends one CSV row per epoch: cumulative training minutes and all metrics.
+    """One CSV row per finished epoch: training minutes so far, seconds, all metrics.
 
-    Also enforces the time budget and stops on a non-finite loss, naming the
-    step and the last good checkpoint.
+    Also stops training once the time budget is spent.  Rows of epochs that a
+    resumed run repeats are dropped first, so every epoch appears once.
     """
 
     def __init__(self, path, checkpointing, time_budget_minutes=None):
@@ -211,30 +256,19 @@ class History(keras.callbacks.Callback):
         self.checkpointing = checkpointing
         self.time_budget_minutes = time_budget_minutes
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.perf_counter()
-        self.train_end = None
-
-    def on_test_begin(self, logs=None):
-        if self.train_end is None:
-            self.train_end = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            last = self.checkpointing.manager.latest_checkpoint or "none yet"
-            raise FloatingPointError(
-                f"non-finite loss {loss} at step {int(self.model.optimizer.iterations)}; "
-                f"stopping. Last good checkpoint: {last}")
+    def on_train_begin(self, logs=None):
+        if os.path.exists(self.path):
+            done = int(self.checkpointing.epoch.numpy())
+            with open(self.path) as f:
+                lines = f.read().splitlines()
+            kept = lines[:1] + [l for l in lines[1:] if int(l.split(",")[0]) <= done]
+            atomic_write(self.path, "".join(l + "\n" for l in kept))
 
     def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        train_seconds = (self.train_end or now) - self.epoch_start
-        self.checkpointing.train_seconds.assign_add(train_seconds)
         row = {"epoch": epoch + 1,
                "train_minutes": float(self.checkpointing.train_seconds.numpy()) / 60,
-               "epoch_train_seconds": train_seconds,
-               "epoch_seconds": now - self.epoch_start}
+               "epoch_train_seconds": self.checkpointing.epoch_train_seconds(),
+               "epoch_seconds": time.perf_counter() - self.checkpointing.epoch_start}
         row.update({k: float(v) for k, v in sorted((logs or {}).items())})
         new_file = not os.path.exists(self.path)
         with open(self.path, "a", newline="") as f:
@@ -260,12 +294,15 @@ def fit_stage(model, train_ds, validation_ds, stage_dir, config, epochs, steps_p
     model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=config.jit_compile,
                   steps_per_execution=min(config.steps_per_execution, steps_per_epoch))
     model.optimizer.build(model.trainable_variables)
-    checkpointing = Checkpointing(model, os.path.join(stage_dir, "checkpoints"))
+    checkpointing = Checkpointing(model, os.path.join(stage_dir, "checkpoints"),
+                                  config.checkpoint_minutes)
     initial_epoch = checkpointing.restore()
     if initial_epoch < epochs:
         history = History(os.path.join(stage_dir, "history.csv"), checkpointing,
                           config.time_budget_minutes)
-        callbacks = [history, checkpointing]
+        # Order matters: the guard runs before a checkpoint could save a bad step,
+        # and the history row is written once the epoch's checkpoint is.
+        callbacks = [NonFiniteGuard(checkpointing), checkpointing, history]
         strategy = tf.distribute.get_strategy()
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3's fit fails under this strategy (keras-team/keras#20585):

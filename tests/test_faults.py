@@ -1,0 +1,111 @@
+"""Faults: a killed run resumes and loses nothing; NaN losses stop clearly; bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssl_dgm import training
+from tests.conftest import ROOT
+from tests.test_training import SMALL, run_train
+
+
+def test_killed_run_resumes_to_the_full_epoch_count(mnist_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, os.path.join(ROOT, "train.py"), *SMALL, "--epochs=6",
+            "--train_examples=3000", "--steps_per_execution=1", "--checkpoint_minutes=0.002",
+            f"--model_dir={run_dir}"]
+    env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir)
+    victim = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    history = run_dir / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:  # 2 epochs done
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)  # into the next epoch
+    assert victim.poll() is None, "the run finished before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (run_dir / "results.json").exists()
+
+    resumed = run_train([*SMALL, "--epochs=6", "--train_examples=3000",
+                         "--steps_per_execution=1", "--checkpoint_minutes=0.002",
+                         f"--model_dir={run_dir}"], mnist_data_dir, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs_done"] == 6
+    epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+    assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    model = keras.Sequential([keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.build((None, 2))
+    checkpointing = training.Checkpointing(model, str(tmp_path / "checkpoints"))
+    checkpointing.set_model(model)
+    checkpointing.on_epoch_begin(0)
+    checkpointing.on_epoch_end(0)
+    saved = checkpointing.manager.latest_checkpoint
+    guard = training.NonFiniteGuard(checkpointing)
+    guard.set_model(model)
+    guard.on_train_batch_end(0, {"loss": 1.5})  # finite: nothing happens
+    with pytest.raises(FloatingPointError,
+                       match=rf"non-finite loss nan at step 0; training stopped\. "
+                             rf"Last good checkpoint: {saved}"):
+        guard.on_train_batch_end(1, {"loss": float("nan")})
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == saved
+
+
+def test_diverging_run_exits_with_the_guard_message(mnist_data_dir, tmp_path):
+    result = run_train([*SMALL, "--epochs=3", "--learning_rate=1e12", "--lr_schedule=constant",
+                        f"--model_dir={tmp_path / 'r'}"], mnist_data_dir, tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "non-finite loss" in result.stderr and "Last good checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--model=m3", "value should be one of"),
+    ("--dataset=no_such_dataset", "unknown TFDS dataset 'no_such_dataset'"),
+    ("--labels=70000", "asks for 7000 images of class 0"),
+    ("--strategy=multi_worker", "needs TF_CONFIG"),
+])
+def test_bad_flags_get_specific_errors(mnist_data_dir, tmp_path, flag, message):
+    result = run_train([*SMALL, flag, f"--model_dir={tmp_path / 'r'}"],
+                       mnist_data_dir, tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message in result.stderr
+
+
+def test_missing_data_dir_is_reported(tmp_path):
+    env_dir = str(tmp_path / "absent")
+    result = run_train([*SMALL, f"--data_dir={env_dir}", f"--model_dir={tmp_path / 'r'}"],
+                       env_dir, tmp_path)
+    assert result.returncode == 1
+    assert f"data_dir {env_dir!r} does not exist" in result.stderr
+
+
+def test_export_refuses_unfinished_and_wrong_runs(tmp_path):
+    unfinished = tmp_path / "unfinished"
+    training.prepare_run_dir(str(unfinished), training.TrainConfig())
+    m1_run = tmp_path / "m1"
+    training.prepare_run_dir(str(m1_run), training.TrainConfig(model="m1"))
+    training.write_json(str(m1_run / "results.json"), {"model": "m1"})
+    for run_dir, message in [(unfinished, "unfinished run"), (m1_run, "is an m1 run"),
+                             (tmp_path / "nothing", "not a training run directory")]:
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"),
+                               f"--model_dir={run_dir}", f"--export_dir={tmp_path / 'out'}"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
