@@ -1,0 +1,147 @@
+"""Regenerates the paper's Table 1 (MNIST, N labels) with ssl_dgm, resumably.
+
+    python benchmarks/table1.py --models=m2,m1m2 --labels=100,600,1000,3000 --seeds=0,1,2 \
+        --root=runs/table1 --eval_split=validation
+
+Every (model, labels, seed) run lives in ``ROOT/<model>_<labels>_seed<seed>``; a
+run with a results.json is skipped, an interrupted one resumes from its last
+checkpoint.  M1 is trained once per seed (``ROOT/m1_seed<seed>``) and reused by
+every m1 / m1m2 run of that seed, whatever its label count: M1 never sees labels.
+Writes OUTPUT.md and OUTPUT.json: mean ± std error per cell over the finished
+seeds, the paper's numbers beside them, wall time and epochs per run, the machine
+and this command.  Numbers in the README come from that file.
+"""
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+flags.DEFINE_list("models", ["m2", "m1m2"], "Models (m1, m2, m1m2).")
+flags.DEFINE_list("labels", ["100", "600", "1000", "3000"], "Label counts N.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_string("root", "runs/table1", "Folder of all runs.")
+flags.DEFINE_string("eval_split", "validation", "Split reported (validation: train[50000:]).")
+flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
+flags.DEFINE_string("output", "docs/results", "Writes OUTPUT.md and OUTPUT.json.")
+flags.DEFINE_float("time_budget_minutes", None, "Training-time budget per stage.")
+flags.DEFINE_integer("epochs", 200, "Epochs of M2 (alone or on M1 codes).")
+flags.DEFINE_integer("m1_epochs", 300, "Epochs of each seed's M1.")
+flags.DEFINE_string("overrides", "{}", "JSON of extra TrainConfig fields, e.g. for tests.")
+flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
+FLAGS = flags.FLAGS
+
+# Kingma et al. (2014), Table 1: test error (%) on MNIST.
+PAPER = {"m1": {100: 11.82, 600: 5.72, 1000: 4.24, 3000: 3.49},  # M1+TSVM
+         "m2": {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92},
+         "m1m2": {100: 3.33, 600: 2.59, 1000: 2.40, 3000: 2.18}}
+PAPER_NAMES = {"m1": "M1+TSVM", "m2": "M2", "m1m2": "M1+M2"}
+
+
+def run_dir(model, labels, seed):
+    return os.path.join(FLAGS.root, f"{model}_{labels}_seed{seed}")
+
+
+def train_grid(command):
+    from ssl_dgm import training
+
+    overrides = json.loads(FLAGS.overrides)
+    for seed in map(int, FLAGS.seeds):
+        for model in FLAGS.models:
+            for labels in map(int, FLAGS.labels):
+                folder = run_dir(model, labels, seed)
+                if os.path.exists(os.path.join(folder, "results.json")):
+                    continue
+                m1_dir = None
+                if model in ("m1", "m1m2"):
+                    m1_dir = os.path.join(FLAGS.root, f"m1_seed{seed}", "m1")
+                    if not os.path.exists(os.path.join(m1_dir, "results.json")):
+                        m1_config = training.TrainConfig(
+                            model="m1", labels=labels, seed=seed, m1_epochs=FLAGS.m1_epochs,
+                            eval_split="validation", data_dir=FLAGS.data_dir,
+                            time_budget_minutes=FLAGS.time_budget_minutes, **overrides)
+                        training.run(m1_config, os.path.dirname(m1_dir), command)
+                config = training.TrainConfig(
+                    model=model, labels=labels, seed=seed, epochs=FLAGS.epochs,
+                    m1_epochs=FLAGS.m1_epochs, m1_dir=m1_dir, eval_split=FLAGS.eval_split,
+                    data_dir=FLAGS.data_dir, time_budget_minutes=FLAGS.time_budget_minutes,
+                    **overrides)
+                training.run(config, folder, command)
+
+
+def collect():
+    cells = {}
+    for model in FLAGS.models:
+        for labels in map(int, FLAGS.labels):
+            runs = []
+            for seed in map(int, FLAGS.seeds):
+                path = os.path.join(run_dir(model, labels, seed), "results.json")
+                if os.path.exists(path):
+                    results = json.load(open(path))
+                    runs.append({"seed": seed, "error": 100 * results["eval_error"],
+                                 "train_minutes": results["total_train_minutes"],
+                                 "epochs": results["epochs_done"],
+                                 "m1_epochs": results.get("m1", {}).get("epochs_done")})
+            cells[f"{model}/{labels}"] = runs
+    return cells
+
+
+def report(cells, command):
+    split = FLAGS.eval_split
+    lines = ["# Table 1, regenerated", "",
+             f"Produced by `{command}` on {platform.machine()}, {os.cpu_count()} cores "
+             f"(shared machine). Error (%) on the **{split}** split"
+             + (" (train[50000:]; the paper reports test error)" if split == "validation"
+                else "") + ", mean ± std over the finished seeds (n).", "",
+             "| model | " + " | ".join(f"N={n}" for n in FLAGS.labels) + " |",
+             "|---|" + "---|" * len(FLAGS.labels)]
+    for model in FLAGS.models:
+        row = []
+        for labels in map(int, FLAGS.labels):
+            errors = [r["error"] for r in cells[f"{model}/{labels}"]]
+            if not errors:
+                row.append("—")
+            elif len(errors) == 1:
+                row.append(f"{errors[0]:.2f} (n=1)")
+            else:
+                row.append(f"{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f} "
+                           f"(n={len(errors)})")
+        lines.append(f"| ssl_dgm {model} | " + " | ".join(row) + " |")
+        paper = PAPER[model]
+        lines.append(f"| paper {PAPER_NAMES[model]} (test) | "
+                     + " | ".join(f"{paper.get(int(n), float('nan')):.2f}" for n in FLAGS.labels)
+                     + " |")
+    lines += ["", "## Runs", "", "| run | error % | training minutes | epochs (M2 / M1) |",
+              "|---|---|---|---|"]
+    for key, runs in cells.items():
+        for r in runs:
+            lines.append(f"| {key} seed {r['seed']} | {r['error']:.2f} | "
+                         f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    if not FLAGS.report_only:
+        train_grid(command)
+    cells = collect()
+    text = report(cells, command)
+    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
+    with open(FLAGS.output + ".md", "w") as f:
+        f.write(text)
+    with open(FLAGS.output + ".json", "w") as f:
+        json.dump({"command": command, "split": FLAGS.eval_split, "cells": cells,
+                   "paper_test_error": PAPER}, f, indent=2)
+    print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end on tiny settings."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+TINY = {"train_examples": 300, "batch_size": 50, "labeled_batch_size": 20,
+        "hidden_sizes": [8], "classifier_hidden_sizes": [8], "latent_size": 3,
+        "m1_hidden_sizes": [8], "m1_latent_size": 4, "steps_per_execution": 3,
+        "head_steps": 5}
+
+
+def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir, tmp_path):
+    args = [sys.executable, os.path.join(ROOT, "benchmarks", "table1.py"),
+            "--models=m2,m1m2", "--labels=20", "--seeds=0", f"--root={tmp_path / 'runs'}",
+            "--epochs=1", "--m1_epochs=1", f"--output={tmp_path / 'results'}",
+            f"--data_dir={mnist_data_dir}", "--overrides=" + json.dumps(TINY)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [len(results["cells"][k]) for k in ("m2/20", "m1m2/20")] == [1, 1]
+    assert (tmp_path / "runs" / "m1_seed0" / "m1" / "m1.weights.h5").exists()
+    table = (tmp_path / "results.md").read_text()
+    assert "| paper M1+M2 (test) | 3.33" not in table  # N=20 is not in the paper
+    assert "(n=1)" in table and "--models=m2,m1m2" in table
+    modified = os.path.getmtime(tmp_path / "runs" / "m2_20_seed0" / "results.json")
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert os.path.getmtime(tmp_path / "runs" / "m2_20_seed0" / "results.json") == modified
+
+
+def test_throughput_benchmark_writes_its_table(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"),
+                           "--hidden_sizes=16", "--classifier_hidden_sizes=16",
+                           "--m1_hidden_sizes=16", "--latent_size=4", "--steps=2",
+                           "--repeats=1", f"--output={tmp_path / 'tp'}"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "tp.json").read_text())
+    assert len(result["rows"]) == 4 and result["matmul_gflops_2048"] > 0
+    assert all(r["ms_per_step"] > 0 for r in result["rows"])
+    assert "--steps=2" in (tmp_path / "tp.md").read_text()
