@@ -62,6 +62,10 @@ class M2(BoundModel):
         del seed
         return self.flatten(x)
 
+    def classifier_networks(self):
+        """The networks `call` uses (what a classifier-only export must hold)."""
+        return [self.classifier]
+
     def call(self, x):
         """q(y|x) probabilities ``[batch, K]``."""
         return tf.nn.softmax(self.classifier(self.features(x)))

@@ -43,14 +43,17 @@ class Classifier(tf.Module):
 
     def __init__(self, model, image_shape):
         super().__init__(name="classifier")
-        self.model = model
+        # Track only the networks q(y|x) uses, so the SavedModel holds no decoder
+        # weights; the model itself is kept out of tracking behind a closure.
+        self.networks = list(model.classifier_networks())
+        self._probabilities = lambda images: model(images)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.serving_default = tf.function(
             self._classify,
             input_signature=[tf.TensorSpec([None, *self.image_shape], tf.float32, "images")])
 
     def _classify(self, images):
-        probabilities = self.model(_check_images(images, self.image_shape))
+        probabilities = self._probabilities(_check_images(images, self.image_shape))
         return {"probabilities": probabilities,
                 "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
 

@@ -41,6 +41,9 @@ class M1M2(M2):
         self.m1.trainable = False
         self.active = tf.constant(np.asarray(active), tf.int32)
 
+    def classifier_networks(self):
+        return [self.m1.encoder, self.classifier]
+
     def decode(self, z, labels_one_hot):
         """Pixel means: the mean of p(z1|y, z2) in the active dimensions (the prior
         mean 0 elsewhere), decoded by M1's p(x|z1)."""
