@@ -42,6 +42,7 @@ flags.DEFINE_list("m1_hidden_sizes", ["600", "600"], "M1 encoder/decoder hidden 
 flags.DEFINE_integer("m1_latent_size", 50, "Dimension of M1's latent z1.")
 flags.DEFINE_string("m1_dir", None, "Reuse the finished M1 in this folder (e.g. runs/X/m1).")
 flags.DEFINE_integer("head_steps", 500, "Full-batch steps of M1's softmax head (m1).")
+flags.DEFINE_float("head_learning_rate", 1e-2, "Adam step size of M1's softmax head (m1).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy: one device, all local devices, or the cluster "
                   "in TF_CONFIG. Batch sizes are global.")
@@ -67,6 +68,7 @@ def config_from_flags():
         train_examples=FLAGS.train_examples, m1_epochs=FLAGS.m1_epochs,
         m1_hidden_sizes=tuple(int(h) for h in FLAGS.m1_hidden_sizes),
         m1_latent_size=FLAGS.m1_latent_size, m1_dir=FLAGS.m1_dir, head_steps=FLAGS.head_steps,
+        head_learning_rate=FLAGS.head_learning_rate,
         strategy=FLAGS.strategy, checkpoint_minutes=FLAGS.checkpoint_minutes)
 
 
