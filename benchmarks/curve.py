@@ -21,6 +21,7 @@ flags.DEFINE_multi_string("run_dir", None, "Run directories to report.", require
 flags.DEFINE_string("output", None, "Writes OUTPUT.md and OUTPUT.png.", required=True)
 flags.DEFINE_string("title", "Training curves", "Heading of the report.")
 flags.DEFINE_integer("every", 5, "Table rows every this many epochs (plus first and last).")
+flags.DEFINE_string("note", "", "A sentence on the conditions of the runs (e.g. machine load).")
 FLAGS = flags.FLAGS
 
 
@@ -99,6 +100,8 @@ def main(argv):
     lines = [f"# {FLAGS.title}", "", f"Written by `{command}`.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared; other jobs may "
              f"have run alongside, see the issue notes).", ""]
+    if FLAGS.note:
+        lines += [FLAGS.note, ""]
     all_curves = []
     for run_dir in FLAGS.run_dir:
         run_lines, curves = report_run(run_dir, FLAGS.every)
