@@ -189,8 +189,10 @@ class Checkpointing(keras.callbacks.Callback):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                                              epoch=self.epoch,
+        # Keras 3 models are not tracked as tf.train dependencies: their variables
+        # (weights, RNG state) go in as a list, matched by position.
+        self.checkpoint = tf.train.Checkpoint(weights=list(model.weights),
+                                              optimizer=model.optimizer, epoch=self.epoch,
                                               train_seconds=self.train_seconds)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
         self.interval_seconds = 60 * interval_minutes
@@ -388,24 +390,34 @@ def build_m1(m1_config, input_size, decoder_bias=None):
     return model
 
 
+def m1_stage_dir(config, model_dir):
+    """Where a run's M1 lives: --m1_dir if given, else ``<model_dir>/m1``."""
+    return config.m1_dir or os.path.join(model_dir, "m1")
+
+
+def load_m1(stage_dir, input_size):
+    """The finished M1 in `stage_dir` and its summary (``results.json``)."""
+    summary = read_json(os.path.join(stage_dir, "results.json"))
+    m1 = build_m1(summary["config"], input_size)
+    m1.load_weights(os.path.join(stage_dir, M1_WEIGHTS))
+    return m1, summary
+
+
 def m1_stage(config, model_dir, train, validation):
     """Trains M1 (or loads a finished one) and returns it with its stage summary.
 
     A finished M1 folder holds ``m1.weights.h5`` and ``results.json``; it is reused
     from `config.m1_dir`, or from ``<model_dir>/m1`` when an earlier run finished it.
     """
-    stage_dir = config.m1_dir or os.path.join(model_dir, "m1")
+    stage_dir = m1_stage_dir(config, model_dir)
     input_size = int(np.prod(train.images.shape[1:]))
     finished = os.path.exists(os.path.join(stage_dir, "results.json"))
     if config.m1_dir and not finished:
         raise FileNotFoundError(f"--m1_dir {config.m1_dir} holds no finished M1 "
                                 f"({M1_WEIGHTS} and results.json)")
     if finished:
-        summary = read_json(os.path.join(stage_dir, "results.json"))
-        m1 = build_m1(summary["config"], input_size)
-        m1.load_weights(os.path.join(stage_dir, M1_WEIGHTS))
         logging.info("reusing the finished M1 in %s", stage_dir)
-        return m1, summary
+        return load_m1(stage_dir, input_size)
 
     m1_config = {k: getattr(config, k) for k in ("m1_latent_size", "m1_hidden_sizes",
                                                  "activation", "seed")}
@@ -578,10 +590,20 @@ def load_trained(model_dir):
         model = M2(input_size, likelihood="bernoulli",
                    **m2_arguments(config, results["num_train"]))
     else:
-        m1 = build_m1(results["m1"]["config"], input_size)
+        m1, _ = load_m1(m1_stage_dir(config, model_dir), input_size)
         model = M1M2(m1, results["m1_active_dimensions"],
                      **m2_arguments(config, results["num_train"]))
     model.build()
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    if latest is None:
+        raise ValueError(f"{model_dir} has no checkpoint to export")
+    if tf.train.load_checkpoint(latest).has_tensor("weights/0/.ATTRIBUTES/VARIABLE_VALUE"):
+        checkpoint = tf.train.Checkpoint(weights=list(model.weights))
+    else:
+        # Checkpoints written before the weights list reached the trainable
+        # variables only through the optimizer's references to them.
+        optimizer = keras.optimizers.Adam(learning_rate(config, 1))  # same variables
+        optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(optimizer=optimizer)
+    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
     return model, config, results

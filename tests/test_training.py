@@ -70,6 +70,12 @@ def test_train_script_runs_resumes_and_writes_results(mnist_data_dir, tmp_path):
     history = (run_dir / "history.csv").read_text().strip().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["1", "2"]
     assert json.loads((run_dir / "results.json").read_text())["epochs_done"] == 2
+    # The finished run reloads with its trained weights: the same validation error.
+    from ssl_dgm import data
+    model, _, reloaded = training.load_trained(str(run_dir))
+    validation = data.load_split("validation", data_dir=mnist_data_dir)
+    error = training.evaluate_error(model, data.evaluation_dataset(validation, 1000, seed=0))
+    assert error == pytest.approx(reloaded["validation_error"])
     # Other settings in the same directory are refused, clearly.
     third = run_train([*SMALL, "--epochs=2", "--seed=4", f"--model_dir={run_dir}"],
                       mnist_data_dir, tmp_path)
