@@ -56,13 +56,18 @@ def report_run(run_dir, every):
         history = read_history(path)
         seconds = statistics.median(r["epoch_train_seconds"] for r in history)
         name = "M1 stage (validation -ELBO, nats)" if stage else "classifier stage"
-        lines += [f"### {name}", "",
+        lines += [f"### {name}", ""]
+        stage_commands = os.path.join(run_dir, stage, "commands.txt")
+        if stage and os.path.exists(stage_commands):
+            lines += ["Trained by:", "", "```"] + open(stage_commands).read().strip(
+                ).splitlines() + ["```", ""]
+        lines += [
                   f"{len(history)} epochs, {history[-1]['train_minutes']:.1f} training minutes, "
                   f"median {seconds:.1f} s per epoch (training only; validation excluded).", ""]
         lines += stage_table(history, metric, every) + [""]
         curves[stage or "classifier"] = (history, metric)
     if results:
-        summary = {k: v for k, v in results.items() if not isinstance(v, dict)}
+        summary = {k: v for k, v in results.items() if not isinstance(v, (dict, list))}
         lines += ["Final `results.json`: `" + json.dumps(summary, sort_keys=True) + "`", ""]
     else:
         lines += ["(no results.json: the run had not finished when this was written)", ""]

@@ -83,7 +83,11 @@ def main(argv):
     run = FLAGS.model_dir
     config = json.load(open(os.path.join(run, "config.json")))
     results = json.load(open(os.path.join(run, "results.json")))
-    commands = open(os.path.join(run, "commands.txt")).read().strip().splitlines()
+    commands = []
+    for stage in ("m1", ""):  # an M1+M2 run's M1 stage first, if its record is there
+        path = os.path.join(run, stage, "commands.txt")
+        if os.path.exists(path):
+            commands += open(path).read().strip().splitlines()
     size_mb = sum(os.path.getsize(os.path.join(d, f)) for base in (classifier_dir, generator_dir)
                   for d, _, files in os.walk(base) for f in files) / 2 ** 20
     command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])

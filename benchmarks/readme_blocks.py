@@ -17,6 +17,8 @@ BLOCK = re.compile(r"(<!-- begin: (\S+) -->\n).*?(<!-- end: \2 -->)", re.S)
 def render(path):
     text = open(os.path.join(ROOT, path)).read()
     lines = [l for l in text.splitlines() if not l.startswith("# ")]
+    # The blocks sit under ### headings: push the report's own headings below them.
+    lines = ["##" + l if l.startswith("##") else l for l in lines]
     folder = os.path.dirname(path)
     body = "\n".join(lines).strip()
     body = re.sub(r"!\[([^\]]*)\]\((?!/|http)([^)]+)\)",

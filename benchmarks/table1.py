@@ -85,7 +85,7 @@ def collect():
                 if os.path.exists(path):
                     results = json.load(open(path))
                     runs.append({"seed": seed, "error": 100 * results["eval_error"],
-                                 "train_minutes": results["total_train_minutes"],
+                                 "train_minutes": results.get("total_train_minutes", results["train_minutes"]),
                                  "epochs": results["epochs_done"],
                                  "m1_epochs": results.get("m1", {}).get("epochs_done")})
             cells[f"{model}/{labels}"] = runs
@@ -95,7 +95,9 @@ def collect():
 def report(cells, command):
     split = FLAGS.eval_split
     lines = ["# Table 1, regenerated", "",
-             f"Produced by `{command}` on {platform.machine()}, {os.cpu_count()} cores "
+             ("Collected from finished runs (not trained by this command) by"
+              if FLAGS.report_only else "Produced by")
+             + f" `{command}` on {platform.machine()}, {os.cpu_count()} cores "
              f"(shared machine). Error (%) on the **{split}** split"
              + (" (train[50000:]; the paper reports test error)" if split == "validation"
                 else "") + ", mean ± std over the finished seeds (n).", "",

@@ -43,3 +43,34 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
     assert len(result["rows"]) == 4 and result["matmul_gflops_2048"] > 0
     assert all(r["ms_per_step"] > 0 for r in result["rows"])
     assert "--steps=2" in (tmp_path / "tp.md").read_text()
+
+
+def test_curve_report_and_readme_blocks_copy_generated_numbers(tmp_path):
+    run = tmp_path / "runs" / "m2_20_seed0"
+    run.mkdir(parents=True)
+    (run / "commands.txt").write_text("python train.py --model=m2 --labels=20\n")
+    (run / "history.csv").write_text(
+        "epoch,train_minutes,epoch_train_seconds,epoch_seconds,val_error\n"
+        "1,0.5,30.0,31.0,0.25\n2,1.0,28.0,29.0,0.125\n")
+    (run / "results.json").write_text(json.dumps({"validation_error": 0.125}))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "curve.py"),
+                           f"--run_dir={run}", f"--output={tmp_path / 'docs' / 'curve'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "docs" / "curve.md").read_text()
+    assert "| 2 | 1.0 | 12.50% |" in report and "median 29.0 s per epoch" in report
+    assert "python train.py --model=m2 --labels=20" in report
+    assert (tmp_path / "docs" / "curve.png").stat().st_size > 0
+
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "readme_blocks", os.path.join(ROOT, "benchmarks", "readme_blocks.py"))
+    blocks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blocks)
+    blocks.ROOT = str(tmp_path)
+    (tmp_path / "README.md").write_text(
+        "intro\n<!-- begin: docs/curve.md -->\nstale 99%\n<!-- end: docs/curve.md -->\nend\n")
+    blocks.main()
+    readme = (tmp_path / "README.md").read_text()
+    assert "stale 99%" not in readme and "| 2 | 1.0 | 12.50% |" in readme
+    assert "![curves](docs/curve.png)" in readme and readme.endswith("end\n")
