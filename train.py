@@ -14,7 +14,7 @@ from absl import app, flags
 
 flags.DEFINE_enum("model", "m2", ["m1", "m2", "m1m2"], "Which model of the paper to train.")
 flags.DEFINE_integer("labels", 100, "Labeled training images N (a multiple of 10 on MNIST).")
-flags.DEFINE_integer("epochs", 100, "Passes over the 50000 unlabeled training images.")
+flags.DEFINE_integer("epochs", 200, "Passes over the 50000 unlabeled training images.")
 flags.DEFINE_integer("batch_size", 100, "Unlabeled images per step.")
 flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's initial learning rate.")

@@ -79,7 +79,7 @@ class TrainConfig:
 
     model: str = "m2"
     labels: int = 100
-    epochs: int = 100
+    epochs: int = 200
     batch_size: int = 100
     labeled_batch_size: int = 100
     learning_rate: float = 1e-3
