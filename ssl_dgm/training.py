@@ -403,7 +403,7 @@ def load_m1(stage_dir, input_size):
     return m1, summary
 
 
-def m1_stage(config, model_dir, train, validation):
+def m1_stage(config, model_dir, train, validation_ds):
     """Trains M1 (or loads a finished one) and returns it with its stage summary.
 
     A finished M1 folder holds ``m1.weights.h5`` and ``results.json``; it is reused
@@ -424,7 +424,6 @@ def m1_stage(config, model_dir, train, validation):
     m1 = build_m1(m1_config, input_size, logit_of_mean(train.images))
     train_ds = data.unlabeled_dataset(train.images, config.batch_size, config.seed,
                                       config.binarize)
-    validation_ds = data.evaluation_dataset(validation, 1000, config.seed, config.binarize)
     epochs, minutes = fit_stage(m1, train_ds, validation_ds, stage_dir, config,
                                 config.m1_epochs, len(train) // config.batch_size)
     weights = os.path.join(stage_dir, M1_WEIGHTS)
@@ -517,7 +516,7 @@ def _run(config, model_dir, command):
                "image_shape": list(train.images.shape[1:]), "num_train": len(train)}
 
     if config.model in ("m1", "m1m2"):
-        m1, results["m1"] = m1_stage(config, model_dir, train, validation)
+        m1, results["m1"] = m1_stage(config, model_dir, train, validation_ds)
     if config.model == "m1":
         model = LatentClassifier(m1, num_classes)
         fit_head(model, labeled, config)
