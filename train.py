@@ -40,6 +40,8 @@ flags.DEFINE_integer("train_examples", None, "Use only the first N training imag
 flags.DEFINE_integer("m1_epochs", 300, "Epochs of the M1 stage (m1, m1m2).")
 flags.DEFINE_list("m1_hidden_sizes", ["600", "600"], "M1 encoder/decoder hidden widths.")
 flags.DEFINE_integer("m1_latent_size", 50, "Dimension of M1's latent z1.")
+flags.DEFINE_integer("m1_kl_warmup_epochs", 0, "Epochs over which M1's KL weight rises "
+                     "from 0 to 1 (0: the plain ELBO throughout).")
 flags.DEFINE_string("m1_dir", None, "Reuse the finished M1 in this folder (e.g. runs/X/m1).")
 flags.DEFINE_integer("head_steps", 500, "Full-batch steps of M1's softmax head (m1).")
 flags.DEFINE_float("head_learning_rate", 1e-2, "Adam step size of M1's softmax head (m1).")
@@ -67,7 +69,8 @@ def config_from_flags():
         steps_per_execution=FLAGS.steps_per_execution, jit_compile=FLAGS.jit_compile,
         train_examples=FLAGS.train_examples, m1_epochs=FLAGS.m1_epochs,
         m1_hidden_sizes=tuple(int(h) for h in FLAGS.m1_hidden_sizes),
-        m1_latent_size=FLAGS.m1_latent_size, m1_dir=FLAGS.m1_dir, head_steps=FLAGS.head_steps,
+        m1_latent_size=FLAGS.m1_latent_size, m1_kl_warmup_epochs=FLAGS.m1_kl_warmup_epochs,
+        m1_dir=FLAGS.m1_dir, head_steps=FLAGS.head_steps,
         head_learning_rate=FLAGS.head_learning_rate,
         strategy=FLAGS.strategy, checkpoint_minutes=FLAGS.checkpoint_minutes)
 

@@ -2,7 +2,9 @@
 
 Subclasses say which scalars they track and how to compute them from a batch
 (`training_terms`, `evaluation_terms`, each returning a dict with ``loss``); this
-class turns that into gradients, an optimizer update and metric results.
+class turns that into gradients, an optimizer update and metric results.  A
+training dict may also hold an ``objective``: what is minimised when it differs
+from the reported ``loss`` (e.g. during M1's KL warm-up).
 """
 
 import keras
@@ -52,10 +54,11 @@ class BoundModel(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms = self.training_terms(x, y)
+            objective = terms.pop("objective", terms["loss"])
             # Under a tf.distribute strategy each replica sees 1/n of the global batch
             # and the optimizer sums the replicas' gradients: scale the mean by 1/n.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            loss = terms["loss"] / replicas
+            loss = objective / replicas
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._update(terms)

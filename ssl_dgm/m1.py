@@ -27,18 +27,27 @@ class M1(BoundModel):
       hidden_sizes: hidden widths of encoder and decoder.
       activation: hidden activation.
       decoder_bias: optional initial decoder output bias, ``[d]``.
+      precision: compute dtype policy of the networks: ``"float32"`` or
+        ``"mixed_bfloat16"`` (bfloat16 matmuls, float32 weights and bounds).
+      kl_warmup_steps: if positive, training minimises distortion + beta * rate
+        with beta rising linearly from 0 to 1 over this many steps ("KL warm-up",
+        Sonderby et al. 2016), which keeps more latent dimensions in use; the
+        reported ``loss`` is always the true -ELBO.
       seed: seeds the model's `keras.random.SeedGenerator`.
     """
 
     def __init__(self, input_size: int, latent_size: int = 50,
                  hidden_sizes: Sequence[int] = (600, 600), activation: str = "softplus",
-                 decoder_bias=None, seed=None, **kwargs):
+                 decoder_bias=None, precision: str = "float32", kl_warmup_steps: int = 0,
+                 seed=None, **kwargs):
         super().__init__(input_size, ("loss", "distortion", "rate"), seed=seed, **kwargs)
         self.latent_size = int(latent_size)
+        self.kl_warmup_steps = int(kl_warmup_steps)
         self.make_likelihood = distributions.bernoulli
-        self.encoder = MLP(hidden_sizes, 2 * latent_size, activation=activation, name="encoder")
+        self.encoder = MLP(hidden_sizes, 2 * latent_size, activation=activation,
+                           dtype=precision, name="encoder")
         self.decoder = MLP(hidden_sizes, self.input_size, activation=activation,
-                           output_bias=decoder_bias, name="decoder")
+                           output_bias=decoder_bias, dtype=precision, name="decoder")
 
     def build(self, input_shape=None):
         self.decoder(self.encoder(tf.zeros([1, self.input_size]))[:, :self.latent_size])
@@ -55,12 +64,20 @@ class M1(BoundModel):
         """Pixel means of p(x|z), ``[..., d]``."""
         return self.make_likelihood(self.decoder(z)).mean()
 
-    def training_terms(self, x, _):
+    def evaluation_terms(self, x, _):
         distortion, rate = objectives.elbo_terms(self.flatten(x), [], self.encoder,
                                                  self.decoder, self.make_likelihood,
                                                  self.next_seeds(1)[0])
         terms = {"distortion": tf.reduce_mean(distortion), "rate": tf.reduce_mean(rate)}
         terms["loss"] = terms["distortion"] + terms["rate"]  # mean J(x) = -ELBO
+        return terms
+
+    def training_terms(self, x, _):
+        terms = self.evaluation_terms(x, _)
+        if self.kl_warmup_steps > 0:
+            beta = tf.minimum(1.0, tf.cast(self.optimizer.iterations + 1, tf.float32)
+                              / self.kl_warmup_steps)
+            terms["objective"] = terms["distortion"] + beta * terms["rate"]
         return terms
 
 

@@ -31,6 +31,8 @@ class M2(BoundModel):
       alpha: weight of the classification term per labeled example.
       decoder_bias: optional initial output bias of the decoder (e.g. the logit of
         the mean training image, which saves the first epochs).
+      precision: compute dtype policy of the networks: ``"float32"`` or
+        ``"mixed_bfloat16"`` (bfloat16 matmuls, float32 weights and bounds).
       seed: seeds the model's `keras.random.SeedGenerator`.
     """
 
@@ -38,7 +40,8 @@ class M2(BoundModel):
                  hidden_sizes: Sequence[int] = (500, 500),
                  classifier_hidden_sizes: Sequence[int] = (500, 500),
                  activation: str = "softplus", likelihood: str = "bernoulli",
-                 alpha: float = 50.0, decoder_bias=None, seed=None, **kwargs):
+                 alpha: float = 50.0, decoder_bias=None, precision: str = "float32",
+                 seed=None, **kwargs):
         super().__init__(input_size,
                          ("loss", "labeled_bound", "unlabeled_bound", "classification",
                           "error"), seed=seed, **kwargs)
@@ -47,11 +50,12 @@ class M2(BoundModel):
         self.alpha = float(alpha)
         self.make_likelihood, outputs_per_dim = distributions.likelihood(likelihood)
         self.encoder = MLP(hidden_sizes, 2 * latent_size, num_inputs=2,
-                           activation=activation, name="encoder")
+                           activation=activation, dtype=precision, name="encoder")
         self.decoder = MLP(hidden_sizes, outputs_per_dim * self.input_size, num_inputs=2,
-                           activation=activation, output_bias=decoder_bias, name="decoder")
+                           activation=activation, output_bias=decoder_bias, dtype=precision,
+                           name="decoder")
         self.classifier = MLP(classifier_hidden_sizes, num_classes, activation=activation,
-                              name="classifier")
+                              dtype=precision, name="classifier")
 
     def features(self, x, seed=None):
         """The vectors M2 models, ``[batch, d]``: here the flattened input itself.

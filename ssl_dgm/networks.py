@@ -44,11 +44,12 @@ class MLP(keras.layers.Layer):
         # Only the first projection carries a bias: the sum needs one.
         self.projections = [
             keras.layers.Dense(widths[0], use_bias=(i == 0), bias_initializer=bias_for(0),
-                               name=f"input_{i}")
+                               dtype=self.dtype_policy, name=f"input_{i}")
             for i in range(num_inputs)
         ]
         self.layers_after = [
-            keras.layers.Dense(w, bias_initializer=bias_for(i), name=f"dense_{i}")
+            keras.layers.Dense(w, bias_initializer=bias_for(i), dtype=self.dtype_policy,
+                               name=f"dense_{i}")
             for i, w in enumerate(widths) if i > 0
         ]
 
@@ -62,4 +63,5 @@ class MLP(keras.layers.Layer):
             h = h + projection(x)
         for layer in self.layers_after:
             h = layer(self.activation(h))
-        return h
+        # Distributions and bounds are always float32, whatever the compute dtype.
+        return keras.ops.cast(h, "float32")

@@ -67,6 +67,8 @@ class TrainConfig:
       m1_epochs: epochs of the M1 stage (m1, m1m2).
       m1_hidden_sizes: M1 encoder/decoder hidden widths.
       m1_latent_size: dimension of M1's z1.
+      m1_kl_warmup_epochs: epochs over which M1's KL weight rises from 0 to 1
+        (0: none, the paper's plain ELBO throughout).
       m1_dir: reuse the finished M1 in this folder instead of training one.
       head_steps: full-batch Adam steps of M1's softmax head on the labeled set.
       head_learning_rate: Adam's step size for that head (1e-2 was best on
@@ -101,6 +103,7 @@ class TrainConfig:
     m1_epochs: int = 300
     m1_hidden_sizes: Tuple[int, ...] = (600, 600)
     m1_latent_size: int = 50
+    m1_kl_warmup_epochs: int = 0
     m1_dir: Optional[str] = None
     head_steps: int = 500
     head_learning_rate: float = 1e-2
@@ -156,6 +159,9 @@ def prepare_run_dir(model_dir, config, command=None):
     wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as stored
     if os.path.exists(path):
         stored = read_json(path)
+        # A setting added after the run started counts as its default there.
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        stored = {**json.loads(json.dumps(defaults)), **stored}
         differing = sorted(k for k in set(stored) | set(wanted)
                            if k not in RESUMABLE_FIELDS and stored.get(k) != wanted.get(k))
         if differing:
@@ -369,23 +375,31 @@ def learning_rate(config, total_steps):
     return config.learning_rate
 
 
-def m2_arguments(config, num_train):
+def build_m2(config, input_size, num_train, m1=None, active=None, decoder_bias=None):
+    """The built M2 of an m2 run, or the M1M2 on `m1`'s `active` dims of an m1m2 run."""
     alpha = config.alpha
     if alpha is None:
         alpha = objectives.default_alpha(num_train, config.labels)
-    return dict(num_classes=10, latent_size=config.latent_size,
-                hidden_sizes=config.hidden_sizes,
-                classifier_hidden_sizes=config.classifier_hidden_sizes,
-                activation=config.activation, alpha=alpha, seed=config.seed)
+    arguments = dict(num_classes=10, latent_size=config.latent_size,
+                     hidden_sizes=config.hidden_sizes,
+                     classifier_hidden_sizes=config.classifier_hidden_sizes,
+                     activation=config.activation, alpha=alpha, seed=config.seed)
+    if config.model == "m2":
+        model = M2(input_size, likelihood="bernoulli", decoder_bias=decoder_bias, **arguments)
+    else:
+        model = M1M2(m1, active, **arguments)
+    model.build()
+    return model
 
 
 M1_WEIGHTS = "m1.weights.h5"
 
 
-def build_m1(m1_config, input_size, decoder_bias=None):
+def build_m1(m1_config, input_size, decoder_bias=None, kl_warmup_steps=0):
     model = M1(input_size, latent_size=m1_config["m1_latent_size"],
                hidden_sizes=m1_config["m1_hidden_sizes"], activation=m1_config["activation"],
-               decoder_bias=decoder_bias, seed=m1_config["seed"])
+               decoder_bias=decoder_bias, kl_warmup_steps=kl_warmup_steps,
+               seed=m1_config["seed"])
     model.build()
     return model
 
@@ -420,12 +434,14 @@ def m1_stage(config, model_dir, train, validation_ds):
         return load_m1(stage_dir, input_size)
 
     m1_config = {k: getattr(config, k) for k in ("m1_latent_size", "m1_hidden_sizes",
-                                                 "activation", "seed")}
-    m1 = build_m1(m1_config, input_size, logit_of_mean(train.images))
+                                                 "activation", "seed", "m1_kl_warmup_epochs")}
+    steps_per_epoch = len(train) // config.batch_size
+    m1 = build_m1(m1_config, input_size, logit_of_mean(train.images),
+                  config.m1_kl_warmup_epochs * steps_per_epoch)
     train_ds = data.unlabeled_dataset(train.images, config.batch_size, config.seed,
                                       config.binarize)
     epochs, minutes = fit_stage(m1, train_ds, validation_ds, stage_dir, config,
-                                config.m1_epochs, len(train) // config.batch_size)
+                                config.m1_epochs, steps_per_epoch)
     weights = os.path.join(stage_dir, M1_WEIGHTS)
     temporary = weights + ".tmp.weights.h5"
     m1.save_weights(temporary)
@@ -523,16 +539,14 @@ def _run(config, model_dir, command):
         results["epochs_done"] = results["m1"]["epochs_done"]
         results["train_minutes"] = 0.0  # the head's seconds are not tracked
     else:
+        input_size = int(np.prod(train.images.shape[1:]))
         if config.model == "m2":
-            input_size = int(np.prod(train.images.shape[1:]))
-            model = M2(input_size, likelihood="bernoulli",
-                       decoder_bias=logit_of_mean(train.images),
-                       **m2_arguments(config, len(train)))
+            model = build_m2(config, input_size, len(train),
+                             decoder_bias=logit_of_mean(train.images))
         else:
             active = active_dimensions(m1, train.images)
             results["m1_active_dimensions"] = active.tolist()
-            model = M1M2(m1, active, **m2_arguments(config, len(train)))
-        model.build()
+            model = build_m2(config, input_size, len(train), m1, active)
         train_ds = data.semi_supervised_dataset(labeled, train.images,
                                                 config.labeled_batch_size, config.batch_size,
                                                 config.seed, config.binarize)
@@ -585,14 +599,11 @@ def load_trained(model_dir):
         raise ValueError(f"{model_dir} is an {config.model} run; only m2 and m1m2 runs "
                          f"generate digits and can be exported")
     input_size = int(np.prod(results["image_shape"]))
-    if config.model == "m2":
-        model = M2(input_size, likelihood="bernoulli",
-                   **m2_arguments(config, results["num_train"]))
-    else:
+    m1 = None
+    if config.model == "m1m2":
         m1, _ = load_m1(m1_stage_dir(config, model_dir), input_size)
-        model = M1M2(m1, results["m1_active_dimensions"],
-                     **m2_arguments(config, results["num_train"]))
-    model.build()
+    model = build_m2(config, input_size, results["num_train"], m1,
+                     results.get("m1_active_dimensions"))
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest is None:
         raise ValueError(f"{model_dir} has no checkpoint to export")

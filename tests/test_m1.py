@@ -52,6 +52,27 @@ def test_training_lowers_the_negative_elbo():
     assert after < before - 0.5, (before, after)
 
 
+def test_kl_warmup_weights_the_rate_by_the_step_but_reports_the_true_elbo():
+    warm = M1(DIM, latent_size=LATENT, hidden_sizes=(6,), kl_warmup_steps=4, seed=1)
+    warm.build()
+    twin = tiny_m1(seed=1)  # same weights and noise, no warm-up
+    twin.set_weights(warm.get_weights())
+    warm.compile(optimizer=keras.optimizers.SGD(0.1))
+    x = binary_images()
+    for step in range(2):  # beta = 1/4, then 2/4
+        with tf.GradientTape() as tape:
+            terms = twin.evaluation_terms(x, None)
+            objective = terms["distortion"] + (step + 1) / 4 * terms["rate"]
+        gradients = tape.gradient(objective, twin.trainable_variables)
+        for variable, gradient in zip(twin.trainable_variables, gradients):
+            variable.assign_sub(0.1 * gradient)
+        logs = warm.train_on_batch(x, return_dict=True)
+        for mine, expected in zip(warm.get_weights(), twin.get_weights()):
+            np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)
+    # Reported: -ELBO = distortion + rate (means over both steps), not the objective.
+    np.testing.assert_allclose(logs["loss"], logs["distortion"] + logs["rate"], rtol=1e-6)
+
+
 def test_latent_classifier_is_a_softmax_head_on_posterior_means():
     m1 = tiny_m1()
     classifier = LatentClassifier(m1, num_classes=4)

@@ -27,6 +27,26 @@ def batch(seed=0):
             "unlabeled_x": tf.constant(x_u)}
 
 
+def test_mixed_bfloat16_matches_float32_bounds_with_the_same_weights():
+    exact = tiny_m2()
+    mixed = tiny_m2(precision="mixed_bfloat16")
+    for source, target in zip(exact.weights, mixed.weights):
+        target.assign(source)  # weights stay float32 under the mixed policy
+    assert all(w.dtype == "float32" for w in mixed.weights)
+    assert mixed.encoder.projections[0].compute_dtype == "bfloat16"
+    data = batch()
+    seeds = tf.constant([[1, 2], [3, 4]])
+    bounds = [objectives.m2_objective(model.flatten(data["labeled_x"]), data["labels"],
+                                      model.flatten(data["unlabeled_x"]), model, model.alpha,
+                                      seeds)
+              for model in (exact, mixed)]
+    for name in ("labeled_bound", "unlabeled_bound", "classification"):
+        assert bounds[1][name].dtype == tf.float32
+        # bfloat16 keeps 8 significant bits: agreement to ~1%, not bit-exact.
+        np.testing.assert_allclose(bounds[1][name], bounds[0][name], rtol=2e-2, atol=1e-2)
+    assert not np.array_equal(bounds[1]["unlabeled_bound"], bounds[0]["unlabeled_bound"])
+
+
 def test_call_returns_class_probabilities_of_the_classifier():
     model = tiny_m2()
     x = batch()["unlabeled_x"]
