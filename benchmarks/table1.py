@@ -33,7 +33,9 @@ flags.DEFINE_string("output", "docs/results", "Writes OUTPUT.md and OUTPUT.json.
 flags.DEFINE_float("time_budget_minutes", None, "Training-time budget per stage.")
 flags.DEFINE_integer("epochs", 200, "Epochs of M2 (alone or on M1 codes).")
 flags.DEFINE_integer("m1_epochs", 300, "Epochs of each seed's M1.")
-flags.DEFINE_string("overrides", "{}", "JSON of extra TrainConfig fields, e.g. for tests.")
+flags.DEFINE_string("overrides", "{}", "JSON of extra TrainConfig fields for every run.")
+flags.DEFINE_string("model_overrides", "{}", "JSON {model: {TrainConfig field: value}} for "
+                    "one model's runs (put m1_* fields in --overrides, so every run records the M1 it used).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
 FLAGS = flags.FLAGS
 
@@ -48,30 +50,36 @@ def run_dir(model, labels, seed):
     return os.path.join(FLAGS.root, f"{model}_{labels}_seed{seed}")
 
 
+def settings(model):
+    """TrainConfig fields for `model`: --overrides, then --model_overrides[model]."""
+    fields = json.loads(FLAGS.overrides)
+    fields.update(json.loads(FLAGS.model_overrides).get(model, {}))
+    return fields
+
+
 def train_grid(command):
     from ssl_dgm import training
 
-    overrides = json.loads(FLAGS.overrides)
     for seed in map(int, FLAGS.seeds):
         for model in FLAGS.models:
             for labels in map(int, FLAGS.labels):
                 folder = run_dir(model, labels, seed)
                 if os.path.exists(os.path.join(folder, "results.json")):
                     continue
+                common = dict(labels=labels, seed=seed, epochs=FLAGS.epochs,
+                              m1_epochs=FLAGS.m1_epochs, data_dir=FLAGS.data_dir,
+                              time_budget_minutes=FLAGS.time_budget_minutes)
                 m1_dir = None
                 if model in ("m1", "m1m2"):
                     m1_dir = os.path.join(FLAGS.root, f"m1_seed{seed}", "m1")
                     if not os.path.exists(os.path.join(m1_dir, "results.json")):
                         m1_config = training.TrainConfig(
-                            model="m1", labels=labels, seed=seed, m1_epochs=FLAGS.m1_epochs,
-                            eval_split="validation", data_dir=FLAGS.data_dir,
-                            time_budget_minutes=FLAGS.time_budget_minutes, **overrides)
+                            **{**common, "model": "m1", "eval_split": "validation",
+                               **settings("m1")})
                         training.run(m1_config, os.path.dirname(m1_dir), command)
-                config = training.TrainConfig(
-                    model=model, labels=labels, seed=seed, epochs=FLAGS.epochs,
-                    m1_epochs=FLAGS.m1_epochs, m1_dir=m1_dir, eval_split=FLAGS.eval_split,
-                    data_dir=FLAGS.data_dir, time_budget_minutes=FLAGS.time_budget_minutes,
-                    **overrides)
+                config = training.TrainConfig(**{**common, "model": model, "m1_dir": m1_dir,
+                                                 "eval_split": FLAGS.eval_split,
+                                                 **settings(model)})
                 training.run(config, folder, command)
 
 

@@ -72,9 +72,9 @@ def m1_flops(b, d, hidden, z):
                 dense_flops(b, [z] + list(hidden) + [d]))
 
 
-def matmul_gflops(n=2048, repeats=20):
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
+def matmul_gflops(n=2048, repeats=20, dtype=tf.float32):
+    a = tf.cast(tf.random.normal([n, n]), dtype)
+    b = tf.cast(tf.random.normal([n, n]), dtype)
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
     matmul()
     times = []
@@ -145,9 +145,9 @@ class _Timer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def time_fit(model, dataset, steps, repeats):
-    """Median seconds per step of `fit` over epochs of `steps` steps (first epoch = warm-up)."""
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True,
+def time_fit(model, dataset, steps, repeats, jit_compile=True):
+    """Seconds per step of `fit` over epochs of `steps` steps (first epoch = warm-up)."""
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile,
                   steps_per_execution=min(50, steps))
     timer = _Timer()
     timer.seconds = []
@@ -177,20 +177,26 @@ def main(argv):
     x_u = tf.constant((images[:b_u].reshape(b_u, D) > 0.5).astype(np.float32))
 
     gflops = matmul_gflops()
+    # XLA:CPU gains nothing from bfloat16 here; TF's oneDNN kernels (no XLA) do.
+    bf16_gflops = matmul_gflops(dtype=tf.bfloat16)
     naive = naive_m2_step(hidden, clf_hidden, z, alpha)
     m2 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
             alpha=alpha, seed=0)
     m2.build()
+    m2_bf16 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
+                 alpha=alpha, precision="mixed_bfloat16", seed=0)
+    m2_bf16.build()
     m1 = M1(D, latent_size=z, hidden_sizes=m1_hidden, seed=0)
     m1.build()
     stacked = M1M2(m1, np.arange(z), hidden_sizes=(500,), classifier_hidden_sizes=(500,),
                    latent_size=z, alpha=alpha, seed=0)
     stacked.build()
 
-    naive_times, m2_times = [], []
-    for _ in range(FLAGS.repeats):  # interleaved, so both see the same machine load
+    naive_times, m2_times, bf16_times = [], [], []
+    for _ in range(FLAGS.repeats):  # interleaved, so all see the same machine load
         naive_times.append(time_naive(naive, x_l, y_l, x_u, FLAGS.steps))
         m2_times += time_fit(m2, stream, FLAGS.steps, 1)
+        bf16_times += time_fit(m2_bf16, stream, FLAGS.steps, 1, jit_compile=False)
     m1_times = time_fit(m1, unlabeled_stream, FLAGS.steps, FLAGS.repeats)
     stacked_times = time_fit(stacked, stream, FLAGS.steps, FLAGS.repeats)
 
@@ -199,6 +205,8 @@ def main(argv):
         ("M2, plain XLA step (x repeated per label)", naive_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=False)),
         ("M2, ssl_dgm fit", m2_times,
+         m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
+        ("M2, ssl_dgm fit, mixed_bfloat16 (oneDNN, no XLA)", bf16_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
         ("M1, ssl_dgm fit", m1_times, m1_flops(b_u, D, m1_hidden, z)),
         ("M1+M2, ssl_dgm fit (M2 1x500 on 50-d codes)", stacked_times,
@@ -216,12 +224,14 @@ def main(argv):
     ratio = rows[1]["ms_per_step"] / rows[0]["ms_per_step"]
     command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
     result = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-              f"TF {tf.__version__}", "matmul_gflops_2048": gflops, "rows": rows,
+              f"TF {tf.__version__}", "matmul_gflops_2048": gflops,
+              "bfloat16_matmul_gflops_2048": bf16_gflops, "rows": rows,
               "m2_ratio_ssl_dgm_over_plain": ratio,
               "sizes": {"hidden": hidden, "classifier_hidden": clf_hidden, "latent": z,
                         "labeled_batch": b_l, "unlabeled_batch": b_u}}
     lines = [f"# Training throughput", "", f"Command: `{command}`", "",
-             f"Machine: {result['machine']}; fp32 matmul probe (2048²): {gflops:.0f} GFLOP/s.",
+             f"Machine: {result['machine']}; matmul probe (2048²): fp32 {gflops:.0f} GFLOP/s, "
+             f"bfloat16 (oneDNN) {bf16_gflops:.0f} GFLOP/s; the last column is against fp32.",
              f"Sizes: hidden {hidden}, classifier {clf_hidden}, z {z}, "
              f"{b_l} labeled + {b_u} unlabeled images per step. Medians of {FLAGS.repeats} "
              f"repeats of {FLAGS.steps} steps; M2 variants timed interleaved.", "",
@@ -231,7 +241,10 @@ def main(argv):
         lines.append(f"| {r['variant']} | {r['ms_per_step']:.1f} | "
                      f"{r['seconds_per_50k_epoch']:.1f} | {r['images_per_second']:.0f} | "
                      f"{r['gflop_per_step']:.2f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
-    lines += ["", f"ssl_dgm M2 step / plain XLA M2 step: **{ratio:.2f}×**", ""]
+    bf16_ratio = rows[2]["ms_per_step"] / rows[1]["ms_per_step"]
+    result["m2_ratio_bfloat16_over_float32"] = bf16_ratio
+    lines += ["", f"ssl_dgm M2 step / plain XLA M2 step: **{ratio:.2f}×**; "
+              f"mixed_bfloat16 step / float32 XLA step: **{bf16_ratio:.2f}×**", ""]
     os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
     with open(FLAGS.output + ".md", "w") as f:
         f.write("\n".join(lines))

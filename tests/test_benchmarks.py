@@ -17,11 +17,16 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     args = [sys.executable, os.path.join(ROOT, "benchmarks", "table1.py"),
             "--models=m2,m1m2", "--labels=20", "--seeds=0", f"--root={tmp_path / 'runs'}",
             "--epochs=1", "--m1_epochs=1", f"--output={tmp_path / 'results'}",
-            f"--data_dir={mnist_data_dir}", "--overrides=" + json.dumps(TINY)]
+            f"--data_dir={mnist_data_dir}", "--overrides=" + json.dumps(TINY),
+            "--model_overrides=" + json.dumps({"m1m2": {"epochs": 2, "hidden_sizes": [6]}})]
     first = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert [len(results["cells"][k]) for k in ("m2/20", "m1m2/20")] == [1, 1]
+    # --model_overrides reached only the m1m2 run.
+    assert [results["cells"][k][0]["epochs"] for k in ("m2/20", "m1m2/20")] == [1, 2]
+    stored = json.loads((tmp_path / "runs" / "m1m2_20_seed0" / "config.json").read_text())
+    assert stored["hidden_sizes"] == [6]
     assert (tmp_path / "runs" / "m1_seed0" / "m1" / "m1.weights.h5").exists()
     table = (tmp_path / "results.md").read_text()
     assert "| paper M1+M2 (test) | 3.33" not in table  # N=20 is not in the paper
@@ -40,7 +45,10 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "tp.json").read_text())
-    assert len(result["rows"]) == 4 and result["matmul_gflops_2048"] > 0
+    assert len(result["rows"]) == 5 and result["matmul_gflops_2048"] > 0
+    assert result["bfloat16_matmul_gflops_2048"] > 0
+    assert result["m2_ratio_bfloat16_over_float32"] == (
+        result["rows"][2]["ms_per_step"] / result["rows"][1]["ms_per_step"])
     assert all(r["ms_per_step"] > 0 for r in result["rows"])
     assert "--steps=2" in (tmp_path / "tp.md").read_text()
 
