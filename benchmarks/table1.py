@@ -35,7 +35,8 @@ flags.DEFINE_integer("epochs", 200, "Epochs of M2 (alone or on M1 codes).")
 flags.DEFINE_integer("m1_epochs", 300, "Epochs of each seed's M1.")
 flags.DEFINE_string("overrides", "{}", "JSON of extra TrainConfig fields for every run.")
 flags.DEFINE_string("model_overrides", "{}", "JSON {model: {TrainConfig field: value}} for "
-                    "one model's runs (put m1_* fields in --overrides, so every run records the M1 it used).")
+                    "one model's runs; give m1 and m1m2 the same m1_* fields (the M1 is "
+                    "trained with m1's), so every run records the M1 it used.")
 flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
 FLAGS = flags.FLAGS
 
