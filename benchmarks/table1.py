@@ -96,7 +96,9 @@ def collect():
                     runs.append({"seed": seed, "error": 100 * results["eval_error"],
                                  "train_minutes": results.get("total_train_minutes", results["train_minutes"]),
                                  "epochs": results["epochs_done"],
-                                 "m1_epochs": results.get("m1", {}).get("epochs_done")})
+                                 "m1_epochs": results.get("m1", {}).get("epochs_done"),
+                                 "m1_active_dims": len(results.get("m1_active_dimensions", []))
+                                 or None})
             cells[f"{model}/{labels}"] = runs
     return cells
 
@@ -128,12 +130,13 @@ def report(cells, command):
         lines.append(f"| paper {PAPER_NAMES[model]} (test) | "
                      + " | ".join(f"{paper.get(int(n), float('nan')):.2f}" for n in FLAGS.labels)
                      + " |")
-    lines += ["", "## Runs", "", "| run | error % | training minutes | epochs (M2 / M1) |",
-              "|---|---|---|---|"]
+    lines += ["", "## Runs", "", "| run | error % | training minutes | epochs (M2 / M1) "
+              "| M1 dims M2 models |", "|---|---|---|---|---|"]
     for key, runs in cells.items():
         for r in runs:
             lines.append(f"| {key} seed {r['seed']} | {r['error']:.2f} | "
-                         f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} |")
+                         f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
+                         f"| {r.get('m1_active_dims') or '—'} |")
     lines.append("")
     return "\n".join(lines)
 
