@@ -31,6 +31,18 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     table = (tmp_path / "results.md").read_text()
     assert "| paper M1+M2 (test) | 3.33" not in table  # N=20 is not in the paper
     assert "(n=1)" in table and "--models=m2,m1m2" in table
+    # The M1 it trained, measured by m1_activity.py.
+    activity = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "m1_activity.py"),
+                               f"--m1_dir={tmp_path / 'runs' / 'm1_seed0' / 'm1'}",
+                               f"--data_dir={mnist_data_dir}", "--images=200",
+                               f"--output={tmp_path / 'activity'}"],
+                              capture_output=True, text=True, timeout=300)
+    assert activity.returncode == 0, activity.stderr[-3000:]
+    row = json.loads((tmp_path / "activity.json").read_text())["rows"][0]
+    spread = row["posterior_mean_std"]
+    assert row["latent_size"] == len(spread) == TINY["m1_latent_size"]
+    assert spread == sorted(spread, reverse=True)
+    assert row["active"] == sum(s > 0.1 for s in spread)
     modified = os.path.getmtime(tmp_path / "runs" / "m2_20_seed0" / "results.json")
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]

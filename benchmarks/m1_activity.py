@@ -1,0 +1,70 @@
+"""How many latent dimensions finished M1s use, beside their validation bound.
+
+    python benchmarks/m1_activity.py --m1_dir=RUN_A/m1 --m1_dir=RUN_B/m1 --output=docs/m1_activity
+
+M1+M2 models only the dimensions whose posterior mean varies over the data (std
+> 0.1, as the original code did), so this count is what the M2 stage sees.  For
+each M1 it writes the count, the sorted per-dimension std of the posterior means
+on the validation split, the stored validation -ELBO and the M1's settings.
+"""
+
+import json
+import os
+import shlex
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+flags.DEFINE_multi_string("m1_dir", None, "Finished M1 folders (holding m1.weights.h5).",
+                          required=True)
+flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
+flags.DEFINE_string("output", None, "Writes OUTPUT.md and OUTPUT.json.", required=True)
+flags.DEFINE_integer("images", 10000, "Validation images the spread is measured on.")
+FLAGS = flags.FLAGS
+
+THRESHOLD = 0.1
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    from ssl_dgm import data, training
+
+    validation = data.load_split("validation", "mnist", FLAGS.data_dir)
+    images = validation.images[:FLAGS.images]
+    rows = []
+    for folder in FLAGS.m1_dir:
+        m1, summary = training.load_m1(folder, int(np.prod(images.shape[1:])))
+        means = np.concatenate([m1(images[i:i + 1000]).numpy()
+                                for i in range(0, len(images), 1000)])
+        spread = np.sort(means.std(axis=0))[::-1]
+        rows.append({"m1_dir": folder, "active": int(np.sum(spread > THRESHOLD)),
+                     "latent_size": int(spread.size),
+                     "validation_negative_elbo": summary.get("validation_negative_elbo"),
+                     "epochs": summary.get("epochs_done"), "config": summary["config"],
+                     "posterior_mean_std": [round(float(s), 3) for s in spread]})
+    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    lines = ["# Latent dimensions M1 uses", "", f"Written by `{command}`; spread of the "
+             f"posterior means over the first {len(images)} validation images.", "",
+             "| M1 | active dims (std > 0.1) | validation -ELBO | epochs | KL warm-up epochs |"
+             " largest stds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        elbo = r["validation_negative_elbo"]
+        lines.append(f"| `{r['m1_dir']}` | {r['active']} of {r['latent_size']} | "
+                     f"{'—' if elbo is None else f'{elbo:.2f}'} | {r['epochs']} | "
+                     f"{r['config'].get('m1_kl_warmup_epochs', 0)} | "
+                     f"{', '.join(f'{s:.2f}' for s in r['posterior_mean_std'][:5])} … |")
+    lines.append("")
+    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
+    with open(FLAGS.output + ".md", "w") as f:
+        f.write("\n".join(lines))
+    with open(FLAGS.output + ".json", "w") as f:
+        json.dump({"command": command, "rows": rows}, f, indent=2)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app.run(main)
