@@ -1,11 +1,13 @@
-"""How many latent dimensions finished M1s use, beside their validation bound.
+"""How many latent dimensions finished M1s use, beside their bound and head error.
 
-    python benchmarks/m1_activity.py --m1_dir=RUN_A/m1 --m1_dir=RUN_B/m1 --output=docs/m1_activity
+    python benchmarks/m1_activity.py --run=M1_RUN_A --run=M1_RUN_B --output=docs/m1_activity
 
-M1+M2 models only the dimensions whose posterior mean varies over the data (std
-> 0.1, as the original code did), so this count is what the M2 stage sees.  For
-each M1 it writes the count, the sorted per-dimension std of the posterior means
-on the validation split, the stored validation -ELBO and the M1's settings.
+Each --run is a finished ``--model=m1`` run (M1 + softmax head); its M1 is the
+run's ``--m1_dir`` or its own ``m1/`` folder.  M1+M2 models only the dimensions
+whose posterior mean varies over the data (std > 0.1, as the original code did),
+so this count is what the M2 stage sees.  For each run it writes the count, the
+sorted per-dimension std of the posterior means on the validation split, M1's
+stored validation -ELBO and settings, and the head's error.
 """
 
 import json
@@ -17,8 +19,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-flags.DEFINE_multi_string("m1_dir", None, "Finished M1 folders (holding m1.weights.h5).",
-                          required=True)
+flags.DEFINE_multi_string("run", None, "Finished --model=m1 run directories.", required=True)
 flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
 flags.DEFINE_string("output", None, "Writes OUTPUT.md and OUTPUT.json.", required=True)
 flags.DEFINE_integer("images", 10000, "Validation images the spread is measured on.")
@@ -36,27 +37,35 @@ def main(argv):
     validation = data.load_split("validation", "mnist", FLAGS.data_dir)
     images = validation.images[:FLAGS.images]
     rows = []
-    for folder in FLAGS.m1_dir:
+    for run_dir in FLAGS.run:
+        config = training.read_json(os.path.join(run_dir, "config.json"))
+        run = training.read_json(os.path.join(run_dir, "results.json"))
+        if config["model"] != "m1":
+            raise ValueError(f"{run_dir} is an {config['model']} run, not an m1 run")
+        folder = config["m1_dir"] or os.path.join(run_dir, "m1")
         m1, summary = training.load_m1(folder, int(np.prod(images.shape[1:])))
         means = np.concatenate([m1(images[i:i + 1000]).numpy()
                                 for i in range(0, len(images), 1000)])
         spread = np.sort(means.std(axis=0))[::-1]
-        rows.append({"m1_dir": folder, "active": int(np.sum(spread > THRESHOLD)),
+        rows.append({"run": run_dir, "m1_dir": folder, "active": int(np.sum(spread > THRESHOLD)),
                      "latent_size": int(spread.size),
                      "validation_negative_elbo": summary.get("validation_negative_elbo"),
                      "epochs": summary.get("epochs_done"), "config": summary["config"],
+                     "head_error_percent": 100 * run["eval_error"],
+                     "head_learning_rate": config["head_learning_rate"],
+                     "head_steps": config["head_steps"],
                      "posterior_mean_std": [round(float(s), 3) for s in spread]})
     command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
     lines = ["# Latent dimensions M1 uses", "", f"Written by `{command}`; spread of the "
              f"posterior means over the first {len(images)} validation images.", "",
-             "| M1 | active dims (std > 0.1) | validation -ELBO | epochs | KL warm-up epochs |"
-             " largest stds |", "|---|---|---|---|---|---|"]
+             "| m1 run (its M1) | active dims (std > 0.1) | validation -ELBO | epochs | KL warm-up epochs |"
+             " head error % (lr, steps) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        elbo = r["validation_negative_elbo"]
-        lines.append(f"| `{r['m1_dir']}` | {r['active']} of {r['latent_size']} | "
+        elbo, head = r["validation_negative_elbo"], r["head_error_percent"]
+        lines.append(f"| `{r['run']}` (`{r['m1_dir']}`) | {r['active']} of {r['latent_size']} | "
                      f"{'—' if elbo is None else f'{elbo:.2f}'} | {r['epochs']} | "
                      f"{r['config'].get('m1_kl_warmup_epochs', 0)} | "
-                     f"{', '.join(f'{s:.2f}' for s in r['posterior_mean_std'][:5])} … |")
+                     f"{head:.2f} ({r['head_learning_rate']:g}, {r['head_steps']}) |")
     lines.append("")
     os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
     with open(FLAGS.output + ".md", "w") as f:

@@ -15,7 +15,7 @@ TINY = {"train_examples": 300, "batch_size": 50, "labeled_batch_size": 20,
 
 def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir, tmp_path):
     args = [sys.executable, os.path.join(ROOT, "benchmarks", "table1.py"),
-            "--models=m2,m1m2", "--labels=20", "--seeds=0", f"--root={tmp_path / 'runs'}",
+            "--models=m1,m2,m1m2", "--labels=20", "--seeds=0", f"--root={tmp_path / 'runs'}",
             "--epochs=1", "--m1_epochs=1", f"--output={tmp_path / 'results'}",
             f"--data_dir={mnist_data_dir}", "--overrides=" + json.dumps(TINY),
             "--model_overrides=" + json.dumps({"m1m2": {"epochs": 2, "hidden_sizes": [6]}})]
@@ -30,10 +30,10 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     assert (tmp_path / "runs" / "m1_seed0" / "m1" / "m1.weights.h5").exists()
     table = (tmp_path / "results.md").read_text()
     assert "| paper M1+M2 (test) | 3.33" not in table  # N=20 is not in the paper
-    assert "(n=1)" in table and "--models=m2,m1m2" in table
+    assert "(n=1)" in table and "--models=m1,m2,m1m2" in table
     # The M1 it trained, measured by m1_activity.py.
     activity = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "m1_activity.py"),
-                               f"--m1_dir={tmp_path / 'runs' / 'm1_seed0' / 'm1'}",
+                               f"--run={tmp_path / 'runs' / 'm1_20_seed0'}",
                                f"--data_dir={mnist_data_dir}", "--images=200",
                                f"--output={tmp_path / 'activity'}"],
                               capture_output=True, text=True, timeout=300)
@@ -43,6 +43,8 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     assert row["latent_size"] == len(spread) == TINY["m1_latent_size"]
     assert spread == sorted(spread, reverse=True)
     assert row["active"] == sum(s > 0.1 for s in spread)
+    assert row["m1_dir"] == str(tmp_path / "runs" / "m1_seed0" / "m1")  # the shared M1
+    assert row["head_error_percent"] == results["cells"]["m1/20"][0]["error"]
     modified = os.path.getmtime(tmp_path / "runs" / "m2_20_seed0" / "results.json")
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
