@@ -109,7 +109,9 @@ def report(cells, command):
              ("Collected from finished runs (not trained by this command) by"
               if FLAGS.report_only else "Produced by")
              + f" `{command}` on {platform.machine()}, {os.cpu_count()} cores "
-             f"(shared machine). Error (%) on the **{split}** split"
+             f"(shared machine). Finished runs are skipped, so a run may have been trained "
+             f"by an earlier invocation; its own commands.txt records which. "
+             f"Error (%) on the **{split}** split"
              + (" (train[50000:]; the paper reports test error)" if split == "validation"
                 else "") + ", mean ± std over the finished seeds (n).", "",
              "| model | " + " | ".join(f"N={n}" for n in FLAGS.labels) + " |",
