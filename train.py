@@ -18,9 +18,14 @@ flags.DEFINE_integer("epochs", 200, "Passes over the 50000 unlabeled training im
 flags.DEFINE_integer("batch_size", 100, "Unlabeled images per step.")
 flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's initial learning rate.")
-flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine"], "Learning-rate schedule.")
+flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine", "cosine_time"],
+                  "Learning-rate schedule: cosine decays to 0 over --epochs, cosine_time "
+                  "over --time_budget_minutes of training.")
 flags.DEFINE_float("alpha", None, "Weight of -log q(y|x) per labeled example. "
                    "Default: the paper's 0.1*N per labeled example, 0.1*50000/labels.")
+flags.DEFINE_string("labeled_weight", "1", "Weight of a labeled example's terms against an "
+                    "unlabeled example's U per step: a number, or 'paper' for N_l / N_u "
+                    "(every example once per pass, as the paper's sums).")
 flags.DEFINE_list("hidden_sizes", ["500", "500"], "Encoder/decoder hidden widths.")
 flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"], "q(y|x) hidden widths.")
 flags.DEFINE_integer("latent_size", 50, "Dimension of z.")
@@ -54,6 +59,15 @@ flags.DEFINE_float("checkpoint_minutes", 10.0,
 FLAGS = flags.FLAGS
 
 
+def labeled_weight_from_flag(value):
+    if value == "paper":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--labeled_weight must be a number or 'paper', got {value!r}") from None
+
+
 def config_from_flags():
     from ssl_dgm.training import TrainConfig
 
@@ -61,6 +75,7 @@ def config_from_flags():
         model=FLAGS.model, labels=FLAGS.labels, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, labeled_batch_size=FLAGS.labeled_batch_size,
         learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, alpha=FLAGS.alpha,
+        labeled_weight=labeled_weight_from_flag(FLAGS.labeled_weight),
         hidden_sizes=tuple(int(h) for h in FLAGS.hidden_sizes),
         classifier_hidden_sizes=tuple(int(h) for h in FLAGS.classifier_hidden_sizes),
         latent_size=FLAGS.latent_size, activation=FLAGS.activation, binarize=FLAGS.binarize,

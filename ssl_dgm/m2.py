@@ -29,6 +29,8 @@ class M2(BoundModel):
       activation: hidden activation.
       likelihood: ``"bernoulli"`` (pixels) or ``"gaussian"`` (continuous codes).
       alpha: weight of the classification term per labeled example.
+      labeled_weight: weight of a labeled example's terms against an unlabeled
+        example's U (`objectives`: 1 per step, or the paper's N_l / N_u).
       decoder_bias: optional initial output bias of the decoder (e.g. the logit of
         the mean training image, which saves the first epochs).
       precision: compute dtype policy of the networks: ``"float32"`` or
@@ -40,7 +42,7 @@ class M2(BoundModel):
                  hidden_sizes: Sequence[int] = (500, 500),
                  classifier_hidden_sizes: Sequence[int] = (500, 500),
                  activation: str = "softplus", likelihood: str = "bernoulli",
-                 alpha: float = 50.0, decoder_bias=None, precision: str = "float32",
+                 alpha: float = 50.0, labeled_weight: float = 1.0, decoder_bias=None, precision: str = "float32",
                  seed=None, **kwargs):
         super().__init__(input_size,
                          ("loss", "labeled_bound", "unlabeled_bound", "classification",
@@ -48,6 +50,7 @@ class M2(BoundModel):
         self.num_classes = int(num_classes)
         self.latent_size = int(latent_size)
         self.alpha = float(alpha)
+        self.labeled_weight = float(labeled_weight)
         self.make_likelihood, outputs_per_dim = distributions.likelihood(likelihood)
         self.encoder = MLP(hidden_sizes, 2 * latent_size, num_inputs=2,
                            activation=activation, dtype=precision, name="encoder")
@@ -97,9 +100,10 @@ class M2(BoundModel):
         labeled_x = self.features(batch["labeled_x"], seeds[2])
         unlabeled_x = self.features(batch["unlabeled_x"], seeds[3])
         return objectives.m2_objective(labeled_x, batch["labels"], unlabeled_x, self,
-                                       self.alpha, seeds[:2])
+                                       self.alpha, seeds[:2], self.labeled_weight)
 
     def evaluation_terms(self, x, labels):
         """Bounds and error on labeled data; U is evaluated on the same x."""
         x = self.features(x)
-        return objectives.m2_objective(x, labels, x, self, self.alpha, self.next_seeds(2))
+        return objectives.m2_objective(x, labels, x, self, self.alpha, self.next_seeds(2),
+                                       self.labeled_weight)

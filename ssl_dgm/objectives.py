@@ -33,13 +33,18 @@ Since q(y|x) appears only in U, the paper adds a classification loss (eq. 9):
 Normalisation used here.  Each step sees a batch of labeled pairs and a batch of
 unlabeled images and minimises per-example means,
 
-    loss = mean_l L(x, y) + mean_u U(x) + alpha * mean_l[-log q(y|x)],
+    loss = mean_u U(x) + w_l * (mean_l L(x, y) + alpha * mean_l[-log q(y|x)]).
 
-so labeled and unlabeled data get equal weight per step (the labeled set is
-revisited far more often than in a pass over the data, as in the original code).
 The paper's alpha = 0.1 * N multiplies a labeled *mean* against a *sum* of N_l
 labeled bounds; written per labeled example that weight is 0.1 * N / N_l, which is
 the default `default_alpha` returns (50 for N = 50000 images and 100 labels).
+
+w_l, the labeled weight, says how much a labeled example counts against an
+unlabeled one.  The paper's J^alpha sums over the data, so every example counts
+once per pass: as per-step means that is w_l = N_l / N_u (`paper_labeled_weight`,
+what the original code's minibatches do).  w_l = 1 instead gives the labeled batch
+the unlabeled batch's weight in every step, i.e. it up-weights the N_l labeled
+examples by N_u / N_l (about 500 for 100 labels).
 """
 
 import math
@@ -52,6 +57,12 @@ from ssl_dgm import distributions
 def default_alpha(num_images, num_labels, scale=0.1):
     """The paper's alpha = 0.1 * N, expressed per labeled example: 0.1 * N / N_l."""
     return scale * num_images / num_labels
+
+
+def paper_labeled_weight(num_images, num_labels):
+    """The labeled weight w_l = N_l / N_u at which per-step means weigh every
+    example as the paper's sums do (once per pass over the data)."""
+    return num_labels / (num_images - num_labels)
 
 
 def elbo_terms(x, conditioning, encoder, decoder, make_likelihood, seed):
@@ -123,7 +134,7 @@ def classification_term(classifier_logits, labels):
     return -distributions.categorical(classifier_logits).log_prob(labels)
 
 
-def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds):
+def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds, labeled_weight=1.0):
     """Per-step J^alpha (see the module docstring) and its parts, all scalars.
 
     Args:
@@ -131,6 +142,7 @@ def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds):
       model: has ``encoder``, ``decoder``, ``classifier`` and ``make_likelihood``.
       alpha: weight of the classification term per labeled example.
       seeds: two stateless seeds ``[2, 2]`` (labeled sample, unlabeled sample).
+      labeled_weight: w_l, the weight of the labeled terms against U (see above).
 
     Returns:
       dict with ``loss``, ``labeled_bound``, ``unlabeled_bound``,
@@ -150,7 +162,7 @@ def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds):
         tf.reduce_mean(t) for t in (labeled, unlabeled, classification,
                                     tf.cast(wrong, labeled_x.dtype)))
     return {
-        "loss": labeled + unlabeled + alpha * classification,
+        "loss": unlabeled + labeled_weight * (labeled + alpha * classification),
         "labeled_bound": labeled,
         "unlabeled_bound": unlabeled,
         "classification": classification,

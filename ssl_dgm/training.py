@@ -47,9 +47,14 @@ class TrainConfig:
       batch_size: unlabeled images per step.
       labeled_batch_size: labeled images per step.
       learning_rate: Adam's initial step size.
-      lr_schedule: ``"constant"`` or ``"cosine"`` (decays to 0 at the last epoch).
+      lr_schedule: ``"constant"``, ``"cosine"`` (decays to 0 at the last epoch) or
+        ``"cosine_time"`` (decays to 0 as the training time reaches
+        `time_budget_minutes`, whatever the machine's speed; `epochs` is then a cap).
       alpha: weight of -log q(y|x) per labeled example; None means
         `objectives.default_alpha` (the paper's 0.1 * N, per labeled example).
+      labeled_weight: weight of a labeled example's L and classification terms
+        against an unlabeled example's U, per step; None means
+        `objectives.paper_labeled_weight` (N_l / N_u, the paper's sums).
       hidden_sizes: encoder/decoder hidden widths.
       classifier_hidden_sizes: q(y|x) hidden widths.
       latent_size: dimension of z.
@@ -87,6 +92,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
     alpha: Optional[float] = None
+    labeled_weight: Optional[float] = 1.0
     hidden_sizes: Tuple[int, ...] = (500, 500)
     classifier_hidden_sizes: Tuple[int, ...] = (500, 500)
     latent_size: int = 50
@@ -115,13 +121,21 @@ class TrainConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {MODELS}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; "
+                             f"choose one of {LR_SCHEDULES}")
+        if self.lr_schedule == "cosine_time" and not self.time_budget_minutes:
+            raise ValueError("lr_schedule 'cosine_time' anneals over the time budget: "
+                             "give time_budget_minutes too")
         for name in ("epochs", "batch_size", "labeled_batch_size", "latent_size",
                      "steps_per_execution", "m1_epochs", "m1_latent_size", "head_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.labeled_weight is not None and not self.labeled_weight > 0:
+            raise ValueError(f"labeled_weight must be positive, got {self.labeled_weight}")
 
+
+LR_SCHEDULES = ("constant", "cosine", "cosine_time")
 
 # Fields that may change when a run is resumed (the rest must match config.json).
 RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "strategy",
@@ -237,6 +251,29 @@ class Checkpointing(keras.callbacks.Callback):
         self._save()
 
 
+class TimeCosine(keras.callbacks.Callback):
+    """Cosine learning-rate decay over training *time*: lr = lr0 (1 + cos(pi t / T)) / 2.
+
+    t is the stage's training time so far (checkpointed, so a resumed run goes on
+    where it stopped) and T the time budget.  The rate is set before every
+    compiled call (`steps_per_execution` steps).
+    """
+
+    def __init__(self, checkpointing, initial_rate, budget_minutes):
+        super().__init__()
+        self.checkpointing = checkpointing
+        self.initial_rate = initial_rate
+        self.budget_seconds = 60 * budget_minutes
+
+    def rate(self, seconds):
+        done = min(seconds / self.budget_seconds, 1.0)
+        return 0.5 * self.initial_rate * (1 + math.cos(math.pi * done))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        seconds = self.checkpointing.seconds_before + self.checkpointing.epoch_train_seconds()
+        self.model.optimizer.learning_rate.assign(self.rate(seconds))
+
+
 class NonFiniteGuard(keras.callbacks.Callback):
     """Stops on a NaN/Inf loss, naming the step and the last good checkpoint (kept)."""
 
@@ -314,6 +351,9 @@ def fit_stage(model, train_ds, validation_ds, stage_dir, config, epochs, steps_p
         # Order matters: the guard runs before a checkpoint could save a bad step,
         # and the history row is written once the epoch's checkpoint is.
         callbacks = [NonFiniteGuard(checkpointing), checkpointing, history]
+        if config.lr_schedule == "cosine_time":
+            callbacks.insert(0, TimeCosine(checkpointing, config.learning_rate,
+                                           config.time_budget_minutes))
         strategy = tf.distribute.get_strategy()
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3's fit fails under this strategy (keras-team/keras#20585):
@@ -380,10 +420,14 @@ def build_m2(config, input_size, num_train, m1=None, active=None, decoder_bias=N
     alpha = config.alpha
     if alpha is None:
         alpha = objectives.default_alpha(num_train, config.labels)
+    labeled_weight = config.labeled_weight
+    if labeled_weight is None:
+        labeled_weight = objectives.paper_labeled_weight(num_train, config.labels)
     arguments = dict(num_classes=10, latent_size=config.latent_size,
                      hidden_sizes=config.hidden_sizes,
                      classifier_hidden_sizes=config.classifier_hidden_sizes,
-                     activation=config.activation, alpha=alpha, seed=config.seed)
+                     activation=config.activation, alpha=alpha,
+                     labeled_weight=labeled_weight, seed=config.seed)
     if config.model == "m2":
         model = M2(input_size, likelihood="bernoulli", decoder_bias=decoder_bias, **arguments)
     else:

@@ -131,6 +131,12 @@ def test_default_alpha_is_papers_per_labeled_example():
     assert objectives.default_alpha(50000, 1000) == pytest.approx(5.0)
 
 
+def test_paper_labeled_weight_counts_each_example_once():
+    # 100 labeled and 49900 unlabeled images: sums over both equal per-step means
+    # with the labeled mean weighted 100 / 49900.
+    assert objectives.paper_labeled_weight(50000, 100) == pytest.approx(100 / 49900)
+
+
 class _Model:
     num_classes = CLASSES
     make_likelihood = staticmethod(distributions.bernoulli)
@@ -153,5 +159,9 @@ def test_m2_objective_combines_the_terms_with_alpha():
     c = objectives.classification_term(model.classifier(x_l), labels)
     expected = np.mean(l) + np.mean(u) + 7.0 * np.mean(c)
     np.testing.assert_allclose(terms["loss"].numpy(), expected, rtol=1e-4)
+    weighted = objectives.m2_objective(x_l, labels, x_u, model, 7.0, seeds,
+                                       labeled_weight=0.25)
+    np.testing.assert_allclose(weighted["loss"].numpy(),
+                               np.mean(u) + 0.25 * (np.mean(l) + 7.0 * np.mean(c)), rtol=1e-4)
     predicted = np.argmax(model.classifier(x_l).numpy(), -1)
     assert terms["error"].numpy() == pytest.approx(np.mean(predicted != labels.numpy()))

@@ -35,6 +35,40 @@ def test_config_rejects_unknown_model_and_bad_sizes():
         training.TrainConfig(batch_size=0)
 
 
+def test_config_needs_a_budget_for_the_time_schedule_and_a_positive_labeled_weight():
+    with pytest.raises(ValueError, match="give time_budget_minutes too"):
+        training.TrainConfig(lr_schedule="cosine_time")
+    with pytest.raises(ValueError, match="labeled_weight must be positive"):
+        training.TrainConfig(labeled_weight=0.0)
+
+
+class _Clock:
+    """Stands in for `Checkpointing`: training seconds before and within the epoch."""
+
+    def __init__(self, before, within):
+        self.seconds_before, self.within = before, within
+
+    def epoch_train_seconds(self):
+        return self.within
+
+
+def test_time_cosine_decays_over_the_budget_and_drives_a_compiled_fit():
+    import keras
+
+    schedule = training.TimeCosine(_Clock(0, 0), 1e-3, budget_minutes=2.0)
+    rates = [schedule.rate(s) for s in (0, 30, 60, 90, 120, 500)]
+    np.testing.assert_allclose(rates, [1e-3, 8.5355e-4, 5e-4, 1.4645e-4, 0, 0], atol=1e-7)
+
+    model = keras.Sequential([keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=True,
+                  steps_per_execution=3)
+    # 40 s before this epoch and 50 s into it: 90 of 120 s, so the rate is lr0 * 0.146.
+    callback = training.TimeCosine(_Clock(40, 50), 1e-3, budget_minutes=2.0)
+    model.fit(np.ones((12, 2)), np.ones((12, 1)), batch_size=2, epochs=1, verbose=0,
+              callbacks=[callback])
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1.4645e-4, rel=1e-3)
+
+
 def test_logit_of_mean_inverts_to_the_mean_image():
     images = np.random.default_rng(0).uniform(0.1, 0.9, size=(50, 4, 4, 1)).astype(np.float32)
     bias = training.logit_of_mean(images)
@@ -80,6 +114,22 @@ def test_train_script_runs_resumes_and_writes_results(mnist_data_dir, tmp_path):
     third = run_train([*SMALL, "--epochs=2", "--seed=4", f"--model_dir={run_dir}"],
                       mnist_data_dir, tmp_path)
     assert third.returncode == 1 and "other settings (seed: 0 there, 4 now)" in third.stderr
+
+
+def test_paper_weighting_and_the_time_schedule_from_the_command_line(mnist_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train([*SMALL, "--epochs=2", "--labeled_weight=paper",
+                        "--lr_schedule=cosine_time", "--time_budget_minutes=30",
+                        f"--model_dir={run_dir}"], mnist_data_dir, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["labeled_weight"] is None and config["lr_schedule"] == "cosine_time"
+    model, _, _ = training.load_trained(str(run_dir))
+    assert model.labeled_weight == pytest.approx(20 / 380)  # 20 labels in 400 images
+    bad = run_train([*SMALL, "--labeled_weight=half", f"--model_dir={tmp_path / 'r'}"],
+                    mnist_data_dir, tmp_path)
+    assert bad.returncode == 1
+    assert "--labeled_weight must be a number or 'paper', got 'half'" in bad.stderr
 
 
 def test_train_script_rejects_labels_not_divisible_by_classes(mnist_data_dir, tmp_path):
