@@ -42,8 +42,8 @@ class M2(BoundModel):
                  hidden_sizes: Sequence[int] = (500, 500),
                  classifier_hidden_sizes: Sequence[int] = (500, 500),
                  activation: str = "softplus", likelihood: str = "bernoulli",
-                 alpha: float = 50.0, labeled_weight: float = 1.0, decoder_bias=None, precision: str = "float32",
-                 seed=None, **kwargs):
+                 alpha: float = 50.0, labeled_weight: float = 1.0, decoder_bias=None,
+                 precision: str = "float32", seed=None, **kwargs):
         super().__init__(input_size,
                          ("loss", "labeled_bound", "unlabeled_bound", "classification",
                           "error"), seed=seed, **kwargs)
