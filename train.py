@@ -104,9 +104,11 @@ def main(argv):
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    grayscale = results.get("eval_error_grayscale")
     print(f"{config.model} with {config.labels} labels: {config.eval_split} error "
           f"{100 * results['eval_error']:.2f}% (validation {100 * results['validation_error']:.2f}%)"
-          f" after {results['epochs_done']} epochs, {results['total_train_minutes']:.1f} min "
+          + (f", on grayscale inputs {100 * grayscale:.2f}%" if grayscale is not None else "")
+          + f" after {results['epochs_done']} epochs, {results['total_train_minutes']:.1f} min "
           f"of training; "
           f"run directory {model_dir}")
     return 0

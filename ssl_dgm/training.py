@@ -599,13 +599,17 @@ def _run(config, model_dir, command):
 
     results["total_train_minutes"] = (results["train_minutes"]
                                       + results.get("m1", {}).get("train_minutes", 0.0))
-    results["validation_error"] = evaluate_error(model, validation_ds)
+    splits = {"validation": validation}
     if config.eval_split != "validation":
-        split = data.load_split(config.eval_split, config.dataset, config.data_dir)
-        results[f"{config.eval_split}_error"] = evaluate_error(
-            model, data.evaluation_dataset(split, 1000, config.seed, config.binarize))
+        splits[config.eval_split] = data.load_split(config.eval_split, config.dataset,
+                                                    config.data_dir)
+    for name, split in splits.items():
+        results.update({f"{name}_{key}": error for key, error in
+                        split_errors(model, split, config.seed, config.binarize).items()})
     results["eval_split"] = config.eval_split
     results["eval_error"] = results[f"{config.eval_split}_error"]
+    if config.binarize:
+        results["eval_error_grayscale"] = results[f"{config.eval_split}_error_grayscale"]
     write_json(os.path.join(model_dir, "results.json"), results)
     return results
 
@@ -618,6 +622,19 @@ def evaluate_error(model, dataset):
         wrong += int(np.sum(predictions != labels.numpy()))
         total += len(predictions)
     return wrong / total
+
+
+def split_errors(model, split, seed, binarize=True):
+    """Classification errors on `split`: ``error`` on the inputs training sees
+    (once-binarised with `seed` when `binarize`, as in every epoch's validation) and,
+    when binarised, ``error_grayscale`` on the stored intensities in [0, 1] (what the
+    exported classifier is served)."""
+    errors = {"error": evaluate_error(model, data.evaluation_dataset(split, 1000, seed,
+                                                                      binarize))}
+    if binarize:
+        errors["error_grayscale"] = evaluate_error(
+            model, data.evaluation_dataset(split, 1000, seed, binarized=False))
+    return errors
 
 
 def load_trained(model_dir):

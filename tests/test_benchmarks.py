@@ -45,6 +45,17 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     assert row["active"] == sum(s > 0.1 for s in spread)
     assert row["m1_dir"] == str(tmp_path / "runs" / "m1_seed0" / "m1")  # the shared M1
     assert row["head_error_percent"] == results["cells"]["m1/20"][0]["error"]
+    # Both input kinds, re-measured on the reloaded runs, match what the runs recorded.
+    runs = [tmp_path / "runs" / f"{m}_20_seed0" for m in ("m2", "m1m2")]
+    inputs = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "input_errors.py"),
+                             *(f"--run_dir={r}" for r in runs), f"--data_dir={mnist_data_dir}",
+                             f"--output={tmp_path / 'inputs'}"],
+                            capture_output=True, text=True, timeout=300)
+    assert inputs.returncode == 0, inputs.stderr[-3000:]
+    for row, run in zip(json.loads((tmp_path / "inputs.json").read_text())["runs"], runs):
+        recorded = json.loads((run / "results.json").read_text())
+        assert row["binarized"] == row["recorded"] == recorded["validation_error"]
+        assert row["grayscale"] == recorded["validation_error_grayscale"]
     modified = os.path.getmtime(tmp_path / "runs" / "m2_20_seed0" / "results.json")
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -110,6 +110,10 @@ def test_train_script_runs_resumes_and_writes_results(mnist_data_dir, tmp_path):
     validation = data.load_split("validation", data_dir=mnist_data_dir)
     error = training.evaluate_error(model, data.evaluation_dataset(validation, 1000, seed=0))
     assert error == pytest.approx(reloaded["validation_error"])
+    grayscale = training.evaluate_error(
+        model, data.evaluation_dataset(validation, 1000, seed=0, binarized=False))
+    assert grayscale == pytest.approx(reloaded["validation_error_grayscale"])
+    assert reloaded["eval_error_grayscale"] == reloaded["validation_error_grayscale"]
     # Other settings in the same directory are refused, clearly.
     third = run_train([*SMALL, "--epochs=2", "--seed=4", f"--model_dir={run_dir}"],
                       mnist_data_dir, tmp_path)
