@@ -89,7 +89,8 @@ def plot(all_curves, path):
         label = os.path.basename(run_dir.rstrip("/"))
         axes[0].plot([r["epoch"] for r in history], errors, label=label)
         axes[1].plot([offset + r["train_minutes"] for r in history], errors, label=label)
-    for axis, xlabel in zip(axes, ("epoch", "training minutes (incl. M1 stage)")):
+    minutes = "training minutes (incl. the run's own M1 stage, if any)"
+    for axis, xlabel in zip(axes, ("epoch", minutes)):
         axis.set_xlabel(xlabel)
         axis.set_ylabel("validation error (%)")
         axis.set_yscale("log")
