@@ -393,6 +393,7 @@ def distributed_fit(model, train_ds, validation_ds, strategy, epochs, initial_ep
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
         for step, batch in enumerate(train):
+            callbacks.on_train_batch_begin(step)
             logs = train_step(batch)
             callbacks.on_train_batch_end(step, {k: float(v) for k, v in logs.items()})
         logs = {k: float(v) for k, v in logs.items()}
