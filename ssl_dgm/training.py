@@ -141,6 +141,15 @@ LR_SCHEDULES = ("constant", "cosine", "cosine_time")
 RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "strategy",
                     "checkpoint_minutes")
 
+# What runs made before a field existed did, where that differs from today's default.
+VALUES_BEFORE_FIELD = {"labeled_weight": 1.0}
+
+
+def stored_config(stored):
+    """A config.json's fields, completed for fields added after it was written."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    return {**defaults, **VALUES_BEFORE_FIELD, **stored}
+
 
 def atomic_write(path, text):
     """Writes a file so that readers see the old or the new content, never a part."""
@@ -172,10 +181,7 @@ def prepare_run_dir(model_dir, config, command=None):
     wanted = dataclasses.asdict(config)
     wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as stored
     if os.path.exists(path):
-        stored = read_json(path)
-        # A setting added after the run started counts as its default there.
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        stored = {**json.loads(json.dumps(defaults)), **stored}
+        stored = stored_config(read_json(path))
         differing = sorted(k for k in set(stored) | set(wanted)
                            if k not in RESUMABLE_FIELDS and stored.get(k) != wanted.get(k))
         if differing:
@@ -653,7 +659,7 @@ def load_trained(model_dir):
     if not os.path.exists(results_path):
         raise ValueError(f"{model_dir} holds an unfinished run (no results.json); finish it "
                          f"with the command in its commands.txt")
-    stored = read_json(os.path.join(model_dir, "config.json"))
+    stored = stored_config(read_json(os.path.join(model_dir, "config.json")))
     config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in stored.items()})
     results = read_json(results_path)

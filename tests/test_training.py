@@ -28,6 +28,18 @@ def test_run_dir_refuses_other_settings_but_allows_more_epochs(tmp_path):
         training.prepare_run_dir(str(tmp_path), training.TrainConfig(labels=600, epochs=9))
 
 
+def test_runs_made_before_labeled_weight_existed_count_as_weight_one(tmp_path):
+    config = training.TrainConfig(labels=100, labeled_weight=1.0)
+    training.prepare_run_dir(str(tmp_path), config)
+    path = tmp_path / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["labeled_weight"]  # as written before the field was added
+    path.write_text(json.dumps(stored))
+    training.prepare_run_dir(str(tmp_path), config)  # same run: resumes
+    with pytest.raises(ValueError, match="labeled_weight: 1.0 there, None now"):
+        training.prepare_run_dir(str(tmp_path), training.TrainConfig(labels=100,
+                                                                     labeled_weight=None))
+
 def test_config_rejects_unknown_model_and_bad_sizes():
     with pytest.raises(ValueError, match="unknown model"):
         training.TrainConfig(model="m3")
