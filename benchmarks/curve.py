@@ -7,7 +7,6 @@ Reads each run directory's ``commands.txt``, ``config.json``, ``history.csv`` an
 the commands that produced the runs) and OUTPUT.png (the curves).
 """
 
-import csv
 import json
 import os
 import platform
@@ -17,17 +16,15 @@ import sys
 
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.records import read_history  # noqa: E402
+
 flags.DEFINE_multi_string("run_dir", None, "Run directories to report.", required=True)
 flags.DEFINE_string("output", None, "Writes OUTPUT.md and OUTPUT.png.", required=True)
 flags.DEFINE_string("title", "Training curves", "Heading of the report.")
 flags.DEFINE_integer("every", 5, "Table rows every this many epochs (plus first and last).")
 flags.DEFINE_string("note", "", "A sentence on the conditions of the runs (e.g. machine load).")
 FLAGS = flags.FLAGS
-
-
-def read_history(path):
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def stage_table(history, metric, every):

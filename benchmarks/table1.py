@@ -22,6 +22,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_dgm.paper import NAMES as PAPER_NAMES, TABLE1 as PAPER  # noqa: E402
 
 flags.DEFINE_list("models", ["m2", "m1m2"], "Models (m1, m2, m1m2).")
 flags.DEFINE_list("labels", ["100", "600", "1000", "3000"], "Label counts N.")
@@ -39,12 +40,6 @@ flags.DEFINE_string("model_overrides", "{}", "JSON {model: {TrainConfig field: v
                     "trained with m1's), so every run records the M1 it used.")
 flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
 FLAGS = flags.FLAGS
-
-# Kingma et al. (2014), Table 1: test error (%) on MNIST.
-PAPER = {"m1": {100: 11.82, 600: 5.72, 1000: 4.24, 3000: 3.49},  # M1+TSVM
-         "m2": {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92},
-         "m1m2": {100: 3.33, 600: 2.59, 1000: 2.40, 3000: 2.18}}
-PAPER_NAMES = {"m1": "M1+TSVM", "m2": "M2", "m1m2": "M1+M2"}
 
 
 def run_dir(model, labels, seed):

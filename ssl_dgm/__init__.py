@@ -9,6 +9,7 @@ Modules, in the direction data flows:
   objectives     the bounds L(x, y), U(x), the classification term, J^alpha.
   m2             the M2 model (labels as a latent variable).
   training       run directory, config, checkpoints, the loop around fit().
+  paper          the paper's Table 1, which the reports compare against.
 """
 
 import os
