@@ -1,10 +1,12 @@
-"""Copies generated reports into README.md, so its numbers are never typed by hand.
+"""Copies generated reports into README.md and docs/experiments.md, so their numbers
+are never typed by hand.
 
     python benchmarks/readme_blocks.py
 
-Every block ``<!-- begin: PATH -->`` ... ``<!-- end: PATH -->`` in README.md is
-replaced by the current contents of PATH (a report a benchmark wrote), with its
-top-level heading dropped and image links made relative to the repository root.
+Every block ``<!-- begin: PATH -->`` ... ``<!-- end: PATH -->`` in those files is
+replaced by the current contents of PATH (a report a benchmark wrote; PATH is
+relative to the repository root), with its top-level heading dropped and image
+links made relative to the file the block is in.
 """
 
 import os
@@ -12,27 +14,38 @@ import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = re.compile(r"(<!-- begin: (\S+) -->\n).*?(<!-- end: \2 -->)", re.S)
+TARGETS = ("README.md", "docs/experiments.md")
 
 
-def render(path):
+def render(path, target="README.md"):
     text = open(os.path.join(ROOT, path)).read()
     lines = [l for l in text.splitlines() if not l.startswith("# ")]
     # The blocks sit under ### headings: push the report's own headings below them.
     lines = ["##" + l if l.startswith("##") else l for l in lines]
     folder = os.path.dirname(path)
+    target_folder = os.path.dirname(target)
+
+    def relink(match):
+        image = os.path.relpath(os.path.join(folder, match.group(2)), target_folder or ".")
+        return f"![{match.group(1)}]({image})"
+
     body = "\n".join(lines).strip()
-    body = re.sub(r"!\[([^\]]*)\]\((?!/|http)([^)]+)\)",
-                  lambda m: f"![{m.group(1)}]({folder}/{m.group(2)})", body)
+    body = re.sub(r"!\[([^\]]*)\]\((?!/|http)([^)]+)\)", relink, body)
     return body + "\n"
 
 
 def main():
-    readme = os.path.join(ROOT, "README.md")
-    text = open(readme).read()
-    updated = BLOCK.sub(lambda m: m.group(1) + render(m.group(2)) + m.group(3), text)
-    with open(readme, "w") as f:
-        f.write(updated)
-    print("README blocks:", ", ".join(m.group(2) for m in BLOCK.finditer(updated)) or "none")
+    for target in TARGETS:
+        path = os.path.join(ROOT, target)
+        if not os.path.exists(path):
+            continue
+        text = open(path).read()
+        updated = BLOCK.sub(lambda m: m.group(1) + render(m.group(2), target) + m.group(3),
+                            text)
+        with open(path, "w") as f:
+            f.write(updated)
+        print(f"{target} blocks:",
+              ", ".join(m.group(2) for m in BLOCK.finditer(updated)) or "none")
 
 
 if __name__ == "__main__":

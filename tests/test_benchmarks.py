@@ -107,6 +107,12 @@ def test_curve_report_and_readme_blocks_copy_generated_numbers(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert "stale 99%" not in readme and "| 2 | 1.0 | 12.50% |" in readme
     assert "![curves](docs/curve.png)" in readme and readme.endswith("end\n")
+    (tmp_path / "docs" / "experiments.md").write_text(
+        "<!-- begin: docs/curve.md -->\n<!-- end: docs/curve.md -->\n")
+    blocks.main()
+    experiments = (tmp_path / "docs" / "experiments.md").read_text()
+    assert "| 2 | 1.0 | 12.50% |" in experiments
+    assert "![curves](curve.png)" in experiments  # relative to docs/
 
 
 def test_time_to_error_counts_the_m1_minutes_and_stops_at_the_budget(tmp_path):
