@@ -10,14 +10,13 @@ the commands that produced the runs) and OUTPUT.png (the curves).
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.records import read_history  # noqa: E402
+from benchmarks.records import command_line, read_history  # noqa: E402
 
 flags.DEFINE_multi_string("run_dir", None, "Run directories to report.", required=True)
 flags.DEFINE_string("output", None, "Writes OUTPUT.md and OUTPUT.png.", required=True)
@@ -99,7 +98,7 @@ def plot(all_curves, path):
 
 def main(argv):
     del argv
-    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    command = command_line()
     lines = [f"# {FLAGS.title}", "", f"Written by `{command}`.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared; other jobs may "
              f"have run alongside, see the issue notes).", ""]

@@ -9,15 +9,14 @@ finished m2 / m1m2 run and measures both (runs finished before results.json
 recorded the grayscale error included), and writes OUTPUT.md and OUTPUT.json.
 """
 
-import json
 import os
 import platform
-import shlex
 import sys
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.records import command_line, write_report  # noqa: E402
 
 flags.DEFINE_multi_string("run_dir", None, "Finished m2 / m1m2 run directories.",
                           required=True)
@@ -30,7 +29,7 @@ def main(argv):
     del argv
     from ssl_dgm import data, training
 
-    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    command = command_line()
     rows = []
     for run_dir in FLAGS.run_dir:
         model, config, results = training.load_trained(run_dir)
@@ -53,11 +52,7 @@ def main(argv):
                      f"{100 * r['grayscale']:.2f} | "
                      f"{100 * (r['grayscale'] - r['binarized']):+.2f} |")
     text = "\n".join(lines) + "\n"
-    with open(FLAGS.output + ".md", "w") as f:
-        f.write(text)
-    with open(FLAGS.output + ".json", "w") as f:
-        json.dump({"command": command, "runs": rows}, f, indent=2)
-    print(text)
+    write_report(FLAGS.output, text, {"command": command, "runs": rows})
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ sorted per-dimension std of the posterior means on the validation split, M1's
 stored validation -ELBO and settings, and the head's error.
 """
 
-import json
 import os
-import shlex
 import sys
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.records import command_line, write_report  # noqa: E402
 
 flags.DEFINE_multi_string("run", None, "Finished --model=m1 run directories.", required=True)
 flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
@@ -55,7 +54,7 @@ def main(argv):
                      "head_learning_rate": config["head_learning_rate"],
                      "head_steps": config["head_steps"],
                      "posterior_mean_std": [round(float(s), 3) for s in spread]})
-    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    command = command_line()
     lines = ["# Latent dimensions M1 uses", "", f"Written by `{command}`; spread of the "
              f"posterior means over the first {len(images)} validation images.", "",
              "| m1 run (its M1) | active dims (std > 0.1) | validation -ELBO | epochs | KL warm-up epochs |"
@@ -67,12 +66,7 @@ def main(argv):
                      f"{r['config'].get('m1_kl_warmup_epochs', 0)} | "
                      f"{head:.2f} ({r['head_learning_rate']:g}, {r['head_steps']}) |")
     lines.append("")
-    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-    with open(FLAGS.output + ".md", "w") as f:
-        f.write("\n".join(lines))
-    with open(FLAGS.output + ".json", "w") as f:
-        json.dump({"command": command, "rows": rows}, f, indent=2)
-    print("\n".join(lines))
+    write_report(FLAGS.output, "\n".join(lines), {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -27,6 +26,9 @@ from absl import app, flags
 
 import numpy as np
 import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.records import command_line  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "The run that was exported.", required=True)
 flags.DEFINE_string("export_dir", "saved_models", "Folder with classifier/ and generator/.")
@@ -90,7 +92,7 @@ def main(argv):
             commands += open(path).read().strip().splitlines()
     size_mb = sum(os.path.getsize(os.path.join(d, f)) for base in (classifier_dir, generator_dir)
                   for d, _, files in os.walk(base) for f in files) / 2 ** 20
-    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    command = command_line()
     card = {
         "measured_by": command, "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}",

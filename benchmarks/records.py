@@ -1,9 +1,29 @@
-"""Readers of the records a training run leaves in its directory (no TensorFlow)."""
+"""What the benchmark scripts share: reading a run's records (no TensorFlow) and
+writing a report beside the command that produced it."""
 
 import csv
+import json
+import os
+import shlex
+import sys
 
 
 def read_history(path):
     """history.csv as a list of {column: float} per epoch."""
     with open(path) as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def command_line():
+    """The running command, as a shell would retype it."""
+    return " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+
+
+def write_report(output, text, record):
+    """Writes OUTPUT.md (`text`) and OUTPUT.json (`record`) and prints the text."""
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    with open(output + ".md", "w") as f:
+        f.write(text)
+    with open(output + ".json", "w") as f:
+        json.dump(record, f, indent=2)
+    print(text)

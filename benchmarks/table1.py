@@ -15,13 +15,13 @@ and this command.  Numbers in the README come from that file.
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.records import command_line, write_report  # noqa: E402
 from ssl_dgm.paper import NAMES as PAPER_NAMES, TABLE1 as PAPER  # noqa: E402
 
 flags.DEFINE_list("models", ["m2", "m1m2"], "Models (m1, m2, m1m2).")
@@ -149,18 +149,13 @@ def report(cells, command):
 
 def main(argv):
     del argv
-    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    command = command_line()
     if not FLAGS.report_only:
         train_grid(command)
     cells = collect()
     text = report(cells, command)
-    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-    with open(FLAGS.output + ".md", "w") as f:
-        f.write(text)
-    with open(FLAGS.output + ".json", "w") as f:
-        json.dump({"command": command, "split": FLAGS.eval_split, "cells": cells,
-                   "paper_test_error": PAPER}, f, indent=2)
-    print(text)
+    write_report(FLAGS.output, text, {"command": command, "split": FLAGS.eval_split,
+                                      "cells": cells, "paper_test_error": PAPER})
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ forward), and probes this machine's fp32 matmul GFLOP/s, so each time can be rea
 as a fraction of what the CPU can do.  Numbers are medians over --repeats.
 """
 
-import json
 import math
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -25,6 +23,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ssl_dgm  # noqa: E402,F401  (TensorFlow backend)
+from benchmarks.records import command_line, write_report  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -222,14 +221,14 @@ def main(argv):
                      "fraction_of_matmul_peak": flops / (ms / 1000) / 1e9 / gflops,
                      "all_ms": [1000 * t for t in times]})
     ratio = rows[1]["ms_per_step"] / rows[0]["ms_per_step"]
-    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    command = command_line()
     result = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
               f"TF {tf.__version__}", "matmul_gflops_2048": gflops,
               "bfloat16_matmul_gflops_2048": bf16_gflops, "rows": rows,
               "m2_ratio_ssl_dgm_over_plain": ratio,
               "sizes": {"hidden": hidden, "classifier_hidden": clf_hidden, "latent": z,
                         "labeled_batch": b_l, "unlabeled_batch": b_u}}
-    lines = [f"# Training throughput", "", f"Command: `{command}`", "",
+    lines = ["# Training throughput", "", f"Command: `{command}`", "",
              f"Machine: {result['machine']}; matmul probe (2048²): fp32 {gflops:.0f} GFLOP/s, "
              f"bfloat16 (oneDNN) {bf16_gflops:.0f} GFLOP/s; the last column is against fp32.",
              f"Sizes: hidden {hidden}, classifier {clf_hidden}, z {z}, "
@@ -245,12 +244,7 @@ def main(argv):
     result["m2_ratio_bfloat16_over_float32"] = bf16_ratio
     lines += ["", f"ssl_dgm M2 step / plain XLA M2 step: **{ratio:.2f}×**; "
               f"mixed_bfloat16 step / float32 XLA step: **{bf16_ratio:.2f}×**", ""]
-    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-    with open(FLAGS.output + ".md", "w") as f:
-        f.write("\n".join(lines))
-    with open(FLAGS.output + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    print("\n".join(lines))
+    write_report(FLAGS.output, "\n".join(lines), result)
 
 
 if __name__ == "__main__":

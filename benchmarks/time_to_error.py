@@ -15,13 +15,12 @@ OUTPUT.json.
 import json
 import os
 import platform
-import shlex
 import sys
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.records import read_history  # noqa: E402
+from benchmarks.records import command_line, read_history, write_report  # noqa: E402
 from ssl_dgm.paper import NAMES, TABLE1  # noqa: E402
 
 flags.DEFINE_multi_string("run_dir", None, "Finished run directories.", required=True)
@@ -106,16 +105,11 @@ def report(rows, command, note):
 
 def main(argv):
     del argv
-    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    command = command_line()
     budgets = parse_budgets(FLAGS.budget)
     rows = [time_to_error(run_dir, budgets) for run_dir in FLAGS.run_dir]
     text = report(rows, command, FLAGS.note)
-    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-    with open(FLAGS.output + ".md", "w") as f:
-        f.write(text)
-    with open(FLAGS.output + ".json", "w") as f:
-        json.dump({"command": command, "rows": rows}, f, indent=2)
-    print(text)
+    write_report(FLAGS.output, text, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":
