@@ -141,7 +141,8 @@ LR_SCHEDULES = ("constant", "cosine", "cosine_time")
 RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "strategy",
                     "checkpoint_minutes")
 
-# What runs made before a field existed did, where that differs from today's default.
+# What runs made before a field existed did, pinned here so that a later change of
+# the field's default does not change how their config.json is read.
 VALUES_BEFORE_FIELD = {"labeled_weight": 1.0}
 
 

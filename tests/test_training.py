@@ -40,6 +40,7 @@ def test_runs_made_before_labeled_weight_existed_count_as_weight_one(tmp_path):
         training.prepare_run_dir(str(tmp_path), training.TrainConfig(labels=100,
                                                                      labeled_weight=None))
 
+
 def test_config_rejects_unknown_model_and_bad_sizes():
     with pytest.raises(ValueError, match="unknown model"):
         training.TrainConfig(model="m3")
