@@ -48,6 +48,12 @@ flags.DEFINE_integer("m1_latent_size", 50, "Dimension of M1's latent z1.")
 flags.DEFINE_integer("m1_kl_warmup_epochs", 0, "Epochs over which M1's KL weight rises "
                      "from 0 to 1 (0: the plain ELBO throughout).")
 flags.DEFINE_string("m1_dir", None, "Reuse the finished M1 in this folder (e.g. runs/X/m1).")
+flags.DEFINE_enum("m1_head", "spreading", ["spreading", "softmax"],
+                  "Classifier on M1's codes (m1): label spreading over all training "
+                  "codes (transductive, like the paper's TSVM) or a softmax regression on "
+                  "the labeled codes.")
+flags.DEFINE_integer("spreading_neighbours", 10, "Graph neighbours of the spreading head (m1).")
+flags.DEFINE_float("spreading_alpha", 0.99, "Label spreading's alpha in (0, 1) (m1).")
 flags.DEFINE_integer("head_steps", 500, "Full-batch steps of M1's softmax head (m1).")
 flags.DEFINE_float("head_learning_rate", 1e-2, "Adam step size of M1's softmax head (m1).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
@@ -85,7 +91,9 @@ def config_from_flags():
         train_examples=FLAGS.train_examples, m1_epochs=FLAGS.m1_epochs,
         m1_hidden_sizes=tuple(int(h) for h in FLAGS.m1_hidden_sizes),
         m1_latent_size=FLAGS.m1_latent_size, m1_kl_warmup_epochs=FLAGS.m1_kl_warmup_epochs,
-        m1_dir=FLAGS.m1_dir, head_steps=FLAGS.head_steps,
+        m1_dir=FLAGS.m1_dir, m1_head=FLAGS.m1_head,
+        spreading_neighbours=FLAGS.spreading_neighbours,
+        spreading_alpha=FLAGS.spreading_alpha, head_steps=FLAGS.head_steps,
         head_learning_rate=FLAGS.head_learning_rate,
         strategy=FLAGS.strategy, checkpoint_minutes=FLAGS.checkpoint_minutes)
 

@@ -2,7 +2,7 @@
 
     python benchmarks/m1_activity.py --run=M1_RUN_A --run=M1_RUN_B --output=docs/m1_activity
 
-Each --run is a finished ``--model=m1`` run (M1 + softmax head); its M1 is the
+Each --run is a finished ``--model=m1`` run (M1 + a head); its M1 is the
 run's ``--m1_dir`` or its own ``m1/`` folder.  M1+M2 models only the dimensions
 whose posterior mean varies over the data (std > 0.1, as the original code did),
 so this count is what the M2 stage sees.  For each run it writes the count, the
@@ -27,6 +27,13 @@ FLAGS = flags.FLAGS
 THRESHOLD = 0.1
 
 
+def head_settings(config):
+    if config["m1_head"] == "spreading":
+        return (f"spreading, {config['spreading_neighbours']} neighbours, "
+                f"alpha {config['spreading_alpha']:g}")
+    return f"softmax, lr {config['head_learning_rate']:g}, {config['head_steps']} steps"
+
+
 def main(argv):
     del argv
     import numpy as np
@@ -37,7 +44,8 @@ def main(argv):
     images = validation.images[:FLAGS.images]
     rows = []
     for run_dir in FLAGS.run:
-        config = training.read_json(os.path.join(run_dir, "config.json"))
+        config = training.stored_config(
+            training.read_json(os.path.join(run_dir, "config.json")))
         run = training.read_json(os.path.join(run_dir, "results.json"))
         if config["model"] != "m1":
             raise ValueError(f"{run_dir} is an {config['model']} run, not an m1 run")
@@ -51,20 +59,19 @@ def main(argv):
                      "validation_negative_elbo": summary.get("validation_negative_elbo"),
                      "epochs": summary.get("epochs_done"), "config": summary["config"],
                      "head_error_percent": 100 * run["eval_error"],
-                     "head_learning_rate": config["head_learning_rate"],
-                     "head_steps": config["head_steps"],
+                     "head": head_settings(config),
                      "posterior_mean_std": [round(float(s), 3) for s in spread]})
     command = command_line()
     lines = ["# Latent dimensions M1 uses", "", f"Written by `{command}`; spread of the "
              f"posterior means over the first {len(images)} validation images.", "",
              "| m1 run (its M1) | active dims (std > 0.1) | validation -ELBO | epochs | KL warm-up epochs |"
-             " head error % (lr, steps) |", "|---|---|---|---|---|---|"]
+             " head error % (head settings) |", "|---|---|---|---|---|---|"]
     for r in rows:
         elbo, head = r["validation_negative_elbo"], r["head_error_percent"]
         lines.append(f"| `{r['run']}` (`{r['m1_dir']}`) | {r['active']} of {r['latent_size']} | "
                      f"{'—' if elbo is None else f'{elbo:.2f}'} | {r['epochs']} | "
                      f"{r['config'].get('m1_kl_warmup_epochs', 0)} | "
-                     f"{head:.2f} ({r['head_learning_rate']:g}, {r['head_steps']}) |")
+                     f"{head:.2f} ({r['head']}) |")
     lines.append("")
     write_report(FLAGS.output, "\n".join(lines), {"command": command, "rows": rows})
 

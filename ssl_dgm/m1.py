@@ -2,16 +2,19 @@
 
 A VAE with q(z|x) diagonal Gaussian, p(z) = N(0, I) and a Bernoulli p(x|z),
 trained on all images without labels; its posterior means are features for a
-classifier trained on the few labels (the paper used a transductive SVM; here it
-is a softmax head, `LatentClassifier`).
+classifier of the few labels.  The paper used a transductive SVM; here the head is
+either label spreading over the training codes (`SpreadingClassifier`, also
+transductive) or a softmax regression on the labeled codes alone
+(`LatentClassifier`).
 """
 
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from ssl_dgm import distributions, objectives
+from ssl_dgm import distributions, objectives, spreading
 from ssl_dgm.bound_model import BoundModel
 from ssl_dgm.networks import MLP
 
@@ -93,3 +96,61 @@ class LatentClassifier(keras.Model):
 
     def call(self, x):
         return tf.nn.softmax(self.head(self.m1(x)))
+
+
+def posterior_means(m1: M1, images, batch_size=1000):
+    """E_q[z|x] of every image, ``[n, latent]`` (numpy), in batches."""
+    return np.concatenate([m1(images[i:i + batch_size]).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+
+class SpreadingClassifier(keras.Model):
+    """M1 + label spreading; `call(x)` -> probabilities ``[batch, classes]``.
+
+    Holds the training codes and their spread label distributions (see
+    `ssl_dgm.spreading`).  The `k` training codes nearest to E_q[z|x] vote for their
+    most probable labels, each vote weighted by the kernel exp(-d / sigma); the
+    probabilities are the vote shares.  (Hard votes were better on validation than
+    averaging the neighbours' distributions: 4.76% against 5.48%, 100 labels, seed 0.)
+    Build one with `spread`.
+
+    Args:
+      m1: a trained `M1` (frozen here).
+      codes: ``[n, latent]`` posterior means of the training images.
+      distributions: ``[n, classes]`` their label distributions.
+      sigma: the graph's kernel width.
+      k: neighbours per prediction.
+    """
+
+    def __init__(self, m1: M1, codes, distributions, sigma: float, k: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        self.m1 = m1
+        self.m1.trainable = False
+        self.k = int(k)
+        self.sigma = float(sigma)
+        self.codes = self.add_weight(shape=codes.shape, initializer="zeros",
+                                     trainable=False, name="codes")
+        self.codes.assign(codes)
+        self.distributions = self.add_weight(shape=distributions.shape, initializer="zeros",
+                                             trainable=False, name="distributions")
+        self.distributions.assign(distributions)
+
+    @classmethod
+    def spread(cls, m1: M1, images, labeled_indices, labels, num_classes: int, k: int = 10,
+               alpha: float = 0.99):
+        """Spreads the labels of ``images[labeled_indices]`` over all `images`' codes."""
+        codes = posterior_means(m1, images)
+        distributions, sigma = spreading.label_spreading(codes, labeled_indices, labels,
+                                                         num_classes, k, alpha)
+        return cls(m1, codes, distributions, sigma, k)
+
+    def call(self, x):
+        z = self.m1(x)
+        squared = (tf.reduce_sum(tf.square(z), axis=1, keepdims=True)
+                   - 2.0 * tf.matmul(z, self.codes, transpose_b=True)
+                   + tf.reduce_sum(tf.square(self.codes), axis=1))
+        negative, nearest = tf.math.top_k(-squared, self.k)
+        kernel = tf.nn.softmax(negative / self.sigma)  # exp(-d / sigma), normalised
+        votes = tf.one_hot(tf.argmax(self.distributions, axis=1),
+                           tf.shape(self.distributions)[1])
+        return tf.einsum("bk,bkc->bc", kernel, tf.gather(votes, nearest))

@@ -1,7 +1,7 @@
 """The numbers reports compare against: Kingma et al. (2014), Table 1.
 
 Test error (%) on MNIST with N labels; "m1" is the paper's M1+TSVM, whose
-place ssl_dgm's M1 + softmax head takes.
+place ssl_dgm's M1 + head takes (label spreading by default, or a softmax head).
 """
 
 TABLE1 = {"m1": {100: 11.82, 600: 5.72, 1000: 4.24, 3000: 3.49},

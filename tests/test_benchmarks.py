@@ -45,6 +45,7 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     assert row["active"] == sum(s > 0.1 for s in spread)
     assert row["m1_dir"] == str(tmp_path / "runs" / "m1_seed0" / "m1")  # the shared M1
     assert row["head_error_percent"] == results["cells"]["m1/20"][0]["error"]
+    assert row["head"] == "spreading, 10 neighbours, alpha 0.99"  # the default head
     # Both input kinds, re-measured on the reloaded runs, match what the runs recorded.
     runs = [tmp_path / "runs" / f"{m}_20_seed0" for m in ("m2", "m1m2")]
     inputs = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "input_errors.py"),

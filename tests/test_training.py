@@ -182,13 +182,23 @@ def test_m1m2_command_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir,
     assert json.loads((second_dir / "results.json").read_text())["m1"] == results["m1"]
 
 
-def test_m1_command_reports_the_head_error(mnist_data_dir, tmp_path):
+def test_m1_command_reports_the_error_of_either_head(mnist_data_dir, tmp_path):
     run_dir = tmp_path / "m1"
     result = run_train([*SMALL, *M1_SMALL, "--model=m1", f"--model_dir={run_dir}"],
                        mnist_data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
+    assert json.loads((run_dir / "config.json").read_text())["m1_head"] == "spreading"
     assert 0.0 <= results["validation_error"] < 0.9  # 20 labels beat chance on M1 features
+    # The softmax head on the same M1.
+    softmax_dir = tmp_path / "softmax"
+    result = run_train([*SMALL, *M1_SMALL, "--model=m1", "--m1_head=softmax",
+                        f"--m1_dir={run_dir / 'm1'}", f"--model_dir={softmax_dir}"],
+                       mnist_data_dir, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    softmax = json.loads((softmax_dir / "results.json").read_text())
+    assert softmax["m1"] == results["m1"]
+    assert 0.0 <= softmax["validation_error"] < 0.9
 
 
 def test_missing_m1_dir_is_a_clear_error(mnist_data_dir, tmp_path):
