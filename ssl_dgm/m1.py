@@ -108,11 +108,10 @@ class SpreadingClassifier(keras.Model):
     """M1 + label spreading; `call(x)` -> probabilities ``[batch, classes]``.
 
     Holds the training codes and their spread label distributions (see
-    `ssl_dgm.spreading`).  The `k` training codes nearest to E_q[z|x] vote for their
-    most probable labels, each vote weighted by the kernel exp(-d / sigma); the
-    probabilities are the vote shares.  (Hard votes were better on validation than
-    averaging the neighbours' distributions: 4.76% against 5.48%, 100 labels, seed 0.)
-    Build one with `spread`.
+    `ssl_dgm.spreading`).  The `k` training codes nearest to E_q[z|x] vote, each vote
+    weighted by the kernel exp(-d / sigma): with their most probable labels
+    (``vote="labels"``, the probabilities are the vote shares) or with their whole
+    distributions (``vote="distributions"``).  Build one with `spread`.
 
     Args:
       m1: a trained `M1` (frozen here).
@@ -120,14 +119,22 @@ class SpreadingClassifier(keras.Model):
       distributions: ``[n, classes]`` their label distributions.
       sigma: the graph's kernel width.
       k: neighbours per prediction.
+      vote: ``"labels"`` (better on validation: benchmarks/spreading_grid.py) or
+        ``"distributions"``.
     """
 
-    def __init__(self, m1: M1, codes, distributions, sigma: float, k: int = 10, **kwargs):
+    VOTES = ("labels", "distributions")
+
+    def __init__(self, m1: M1, codes, distributions, sigma: float, k: int = 10,
+                 vote: str = "labels", **kwargs):
         super().__init__(**kwargs)
+        if vote not in self.VOTES:
+            raise ValueError(f"unknown vote {vote!r}; choose one of {self.VOTES}")
         self.m1 = m1
         self.m1.trainable = False
         self.k = int(k)
         self.sigma = float(sigma)
+        self.vote = vote
         self.codes = self.add_weight(shape=codes.shape, initializer="zeros",
                                      trainable=False, name="codes")
         self.codes.assign(codes)
@@ -151,6 +158,7 @@ class SpreadingClassifier(keras.Model):
                    + tf.reduce_sum(tf.square(self.codes), axis=1))
         negative, nearest = tf.math.top_k(-squared, self.k)
         kernel = tf.nn.softmax(negative / self.sigma)  # exp(-d / sigma), normalised
-        votes = tf.one_hot(tf.argmax(self.distributions, axis=1),
-                           tf.shape(self.distributions)[1])
+        votes = self.distributions
+        if self.vote == "labels":
+            votes = tf.one_hot(tf.argmax(votes, axis=1), tf.shape(votes)[1])
         return tf.einsum("bk,bkc->bc", kernel, tf.gather(votes, nearest))

@@ -46,6 +46,17 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     assert row["m1_dir"] == str(tmp_path / "runs" / "m1_seed0" / "m1")  # the shared M1
     assert row["head_error_percent"] == results["cells"]["m1/20"][0]["error"]
     assert row["head"] == "spreading, 10 neighbours, alpha 0.99"  # the default head
+    # The spreading grid on that M1 reproduces the head's recorded error at its settings.
+    grid = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "spreading_grid.py"),
+                           f"--m1_dir={tmp_path / 'runs' / 'm1_seed0' / 'm1'}", "--labels=20",
+                           "--neighbours=10", "--alphas=0.99,0.9", "--train_examples=300",
+                           f"--data_dir={mnist_data_dir}", f"--output={tmp_path / 'grid'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    cells = json.loads((tmp_path / "grid.json").read_text())["rows"]
+    assert [(c["neighbours"], c["alpha"]) for c in cells] == [(10, 0.99), (10, 0.9)]
+    recorded = json.loads((tmp_path / "runs" / "m1_20_seed0" / "results.json").read_text())
+    assert cells[0]["labels"]["error"] == recorded["validation_error"]
     # Both input kinds, re-measured on the reloaded runs, match what the runs recorded.
     runs = [tmp_path / "runs" / f"{m}_20_seed0" for m in ("m2", "m1m2")]
     inputs = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "input_errors.py"),

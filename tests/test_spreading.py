@@ -90,11 +90,19 @@ def test_spreading_classifier_is_the_kernel_weighted_vote_of_the_nearest_codes()
     np.testing.assert_allclose(classifier.distributions.numpy(), expected_distributions,
                                atol=1e-6)
     queries = rng.integers(0, 2, (7, 6)).astype(np.float32)
-    probabilities = classifier(queries).numpy()
     order, squared = brute_force_neighbours(posterior_means(m1, queries), codes, 3, False)
     kernel = np.exp(-squared / sigma)
     kernel /= kernel.sum(axis=1, keepdims=True)
     votes = np.eye(4)[expected_distributions.argmax(axis=1)]
-    expected = np.einsum("bk,bkc->bc", kernel, votes[order])
-    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(classifier(queries).numpy(),
+                               np.einsum("bk,bkc->bc", kernel, votes[order]),
+                               rtol=1e-4, atol=1e-6)
     assert not m1.trainable_variables and not classifier.trainable_variables
+    # Voting with whole distributions instead of labels.
+    soft = SpreadingClassifier(m1, codes, expected_distributions, sigma, k=3,
+                               vote="distributions")
+    np.testing.assert_allclose(soft(queries).numpy(),
+                               np.einsum("bk,bkc->bc", kernel, expected_distributions[order]),
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown vote"):
+        SpreadingClassifier(m1, codes, expected_distributions, sigma, vote="median")
