@@ -80,7 +80,8 @@ class TrainConfig:
         (softmax regression on the labeled codes).
       spreading_neighbours: graph and prediction neighbours of the spreading head.
       spreading_alpha: label spreading's alpha (chosen with the neighbours on
-        validation among 5, 10, 20 x 0.99, 0.999, 100 labels, seed 0).
+        validation among 5, 10, 20 x 0.99, 0.999, 100 labels, seed 0:
+        docs/spreading_grid.md).
       head_steps: full-batch Adam steps of M1's softmax head on the labeled set.
       head_learning_rate: Adam's step size for that head (1e-2 was best on
         validation among 1e-3, 1e-2, 1e-1 x 500, 3000 steps, 100 labels).
@@ -616,7 +617,7 @@ def _run(config, model_dir, command):
         started = time.perf_counter()
         model = m1_classifier(m1, train, indices, num_classes, config)
         results["epochs_done"] = results["m1"]["epochs_done"]
-        results["train_minutes"] = (time.perf_counter() - started) / 60  # the head's
+        results["train_minutes"] = (time.perf_counter() - started) / 60  # M1's: in "m1"
     else:
         input_size = int(np.prod(train.images.shape[1:]))
         if config.model == "m2":
