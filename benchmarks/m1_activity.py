@@ -39,6 +39,7 @@ def main(argv):
     import numpy as np
 
     from ssl_dgm import data, training
+    from ssl_dgm.m1 import posterior_means
 
     validation = data.load_split("validation", "mnist", FLAGS.data_dir)
     images = validation.images[:FLAGS.images]
@@ -51,8 +52,7 @@ def main(argv):
             raise ValueError(f"{run_dir} is an {config['model']} run, not an m1 run")
         folder = config["m1_dir"] or os.path.join(run_dir, "m1")
         m1, summary = training.load_m1(folder, int(np.prod(images.shape[1:])))
-        means = np.concatenate([m1(images[i:i + 1000]).numpy()
-                                for i in range(0, len(images), 1000)])
+        means = posterior_means(m1, images)
         spread = np.sort(means.std(axis=0))[::-1]
         rows.append({"run": run_dir, "m1_dir": folder, "active": int(np.sum(spread > THRESHOLD)),
                      "latent_size": int(spread.size),

@@ -152,10 +152,7 @@ class SpreadingClassifier(keras.Model):
         return cls(m1, codes, distributions, sigma, k)
 
     def call(self, x):
-        z = self.m1(x)
-        squared = (tf.reduce_sum(tf.square(z), axis=1, keepdims=True)
-                   - 2.0 * tf.matmul(z, self.codes, transpose_b=True)
-                   + tf.reduce_sum(tf.square(self.codes), axis=1))
+        squared = spreading.squared_distances(self.m1(x), self.codes)
         negative, nearest = tf.math.top_k(-squared, self.k)
         kernel = tf.nn.softmax(negative / self.sigma)  # exp(-d / sigma), normalised
         votes = self.distributions

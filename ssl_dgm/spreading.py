@@ -21,6 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 
+def squared_distances(queries, points):
+    """``[m, n]`` squared Euclidean distances between rows of `queries` and `points`."""
+    return (tf.reduce_sum(tf.square(queries), axis=1, keepdims=True)
+            - 2.0 * tf.matmul(queries, points, transpose_b=True)
+            + tf.reduce_sum(tf.square(points), axis=1))
+
+
 def nearest_neighbours(queries, points, k, exclude_self=False, batch_size=2000):
     """The `k` nearest `points` of every query (squared Euclidean distance).
 
@@ -35,13 +42,11 @@ def nearest_neighbours(queries, points, k, exclude_self=False, batch_size=2000):
       ``(indices [m, k] int, squared_distances [m, k])``, nearest first.
     """
     points = tf.convert_to_tensor(points, tf.float32)
-    squared_norms = tf.reduce_sum(tf.square(points), axis=1)
     skip = 1 if exclude_self else 0
     indices, distances = [], []
     for start in range(0, len(queries), batch_size):
         block = tf.convert_to_tensor(queries[start:start + batch_size], tf.float32)
-        squared = (tf.reduce_sum(tf.square(block), axis=1, keepdims=True)
-                   - 2.0 * tf.matmul(block, points, transpose_b=True) + squared_norms)
+        squared = squared_distances(block, points)
         if exclude_self:  # a point is its own nearest neighbour, whatever rounding says
             own = tf.range(start, start + len(block))
             squared = tf.tensor_scatter_nd_update(

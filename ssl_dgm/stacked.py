@@ -11,14 +11,13 @@ over the data is at most 0.1) are dropped.  The whole stack is one Keras model:
 import numpy as np
 import tensorflow as tf
 
-from ssl_dgm.m1 import M1
+from ssl_dgm.m1 import M1, posterior_means
 from ssl_dgm.m2 import M2
 
 
 def active_dimensions(m1: M1, images, threshold=0.1, batch_size=1000):
     """Indices of the latent dimensions whose posterior mean varies over `images`."""
-    means = np.concatenate([m1(images[i:i + batch_size]).numpy()
-                            for i in range(0, len(images), batch_size)])
+    means = posterior_means(m1, images, batch_size)
     active = np.flatnonzero(means.std(axis=0) > threshold)
     if len(active) == 0:
         raise ValueError("M1 has no active latent dimension (every posterior-mean std "
