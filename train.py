@@ -48,6 +48,10 @@ flags.DEFINE_integer("m1_latent_size", 50, "Dimension of M1's latent z1.")
 flags.DEFINE_integer("m1_kl_warmup_epochs", 0, "Epochs over which M1's KL weight rises "
                      "from 0 to 1 (0: the plain ELBO throughout).")
 flags.DEFINE_string("m1_dir", None, "Reuse the finished M1 in this folder (e.g. runs/X/m1).")
+flags.DEFINE_enum("m1_codes", "per_step", ["per_step", "cached"],
+                  "M1+M2's training codes: M1's encoder on every batch, or q(z1|x) of "
+                  "every training image computed once (grey levels) and sampled per "
+                  "step, as the original code did (m1m2).")
 flags.DEFINE_enum("m1_head", "spreading", ["spreading", "softmax"],
                   "Classifier on M1's codes (m1): label spreading over all training "
                   "codes (transductive, like the paper's TSVM) or a softmax regression on "
@@ -91,7 +95,7 @@ def config_from_flags():
         train_examples=FLAGS.train_examples, m1_epochs=FLAGS.m1_epochs,
         m1_hidden_sizes=tuple(int(h) for h in FLAGS.m1_hidden_sizes),
         m1_latent_size=FLAGS.m1_latent_size, m1_kl_warmup_epochs=FLAGS.m1_kl_warmup_epochs,
-        m1_dir=FLAGS.m1_dir, m1_head=FLAGS.m1_head,
+        m1_dir=FLAGS.m1_dir, m1_codes=FLAGS.m1_codes, m1_head=FLAGS.m1_head,
         spreading_neighbours=FLAGS.spreading_neighbours,
         spreading_alpha=FLAGS.spreading_alpha, head_steps=FLAGS.head_steps,
         head_learning_rate=FLAGS.head_learning_rate,

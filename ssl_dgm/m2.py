@@ -69,6 +69,10 @@ class M2(BoundModel):
         del seed
         return self.flatten(x)
 
+    def training_features(self, x, seed):
+        """The random features of a training batch's inputs (`features` with a seed)."""
+        return self.features(x, seed)
+
     def classifier_networks(self):
         """The networks `call` uses (what a classifier-only export must hold)."""
         return [self.classifier]
@@ -97,8 +101,8 @@ class M2(BoundModel):
 
     def training_terms(self, batch, _):
         seeds = self.next_seeds(4)
-        labeled_x = self.features(batch["labeled_x"], seeds[2])
-        unlabeled_x = self.features(batch["unlabeled_x"], seeds[3])
+        labeled_x = self.training_features(batch["labeled_x"], seeds[2])
+        unlabeled_x = self.training_features(batch["unlabeled_x"], seeds[3])
         return objectives.m2_objective(labeled_x, batch["labels"], unlabeled_x, self,
                                        self.alpha, seeds[:2], self.labeled_weight)
 

@@ -1,11 +1,19 @@
 """M1+M2: M2 trained on the latent codes of a frozen M1 (the paper's best model).
 
 As in the original code, every training minibatch draws fresh codes
-z1 ~ q(z1|x) from M1's encoder, evaluation uses the posterior means, and
+z1 ~ q(z1|x), evaluation uses the posterior means, and
 p(z1|y, z2) is a diagonal Gaussian with learned (input-dependent) variance.
 Latent dimensions that M1 leaves inactive (the spread of their posterior means
 over the data is at most 0.1) are dropped.  The whole stack is one Keras model:
 `call(x)` maps images to q(y|z1(x)) probabilities.
+
+Where the training codes come from (`CODES`): ``"per_step"`` runs M1's encoder on
+every training batch (dynamically binarised images, when the run binarises);
+``"cached"`` computes q(z1|x) once for every training image, on its grey levels,
+and each step samples z1 from those stored means and scales, as the original
+code did (learn_yz_x_ss.py: features extracted once, ``np.random.normal(mean,
+exp(logvar / 2))`` per minibatch).  Cached training batches hold
+``[loc, scale]`` rows (`posterior_parameters`) instead of images.
 """
 
 import numpy as np
@@ -13,6 +21,8 @@ import tensorflow as tf
 
 from ssl_dgm.m1 import M1, posterior_means
 from ssl_dgm.m2 import M2
+
+CODES = ("per_step", "cached")
 
 
 def active_dimensions(m1: M1, images, threshold=0.1, batch_size=1000):
@@ -31,14 +41,19 @@ class M1M2(M2):
     Args:
       m1: a trained `M1` (frozen here).
       active: indices of the M1 latent dimensions M2 models.
+      codes: one of `CODES`: what training batches hold (images, or the
+        `posterior_parameters` of images).
       **m2_kwargs: the remaining `M2` arguments (not input_size / likelihood).
     """
 
-    def __init__(self, m1: M1, active, **m2_kwargs):
+    def __init__(self, m1: M1, active, codes="per_step", **m2_kwargs):
+        if codes not in CODES:
+            raise ValueError(f"unknown codes {codes!r}; choose one of {CODES}")
         super().__init__(input_size=len(active), likelihood="gaussian", **m2_kwargs)
         self.m1 = m1
         self.m1.trainable = False
         self.active = tf.constant(np.asarray(active), tf.int32)
+        self.codes = codes
 
     def classifier_networks(self):
         return [self.m1.encoder, self.classifier]
@@ -54,3 +69,20 @@ class M1M2(M2):
         posterior = self.m1.posterior(x)
         codes = posterior.mean() if seed is None else posterior.sample(seed=seed)
         return tf.gather(codes, self.active, axis=-1)
+
+    def posterior_parameters(self, images, batch_size=1000):
+        """q(z1|x)'s means and scales in the active dimensions, ``[n, 2 * active]``
+        (numpy), in batches: the training inputs of a ``codes="cached"`` model."""
+        parts = []
+        for i in range(0, len(images), batch_size):
+            posterior = self.m1.posterior(images[i:i + batch_size])
+            parts.append(tf.gather(tf.concat([posterior.mean(), posterior.stddev()], -1),
+                                   tf.concat([self.active, self.active + self.m1.latent_size],
+                                             0), axis=-1).numpy())
+        return np.concatenate(parts)
+
+    def training_features(self, x, seed):
+        if self.codes == "per_step":
+            return self.features(x, seed)
+        loc, scale = tf.split(tf.cast(x, self.compute_dtype), 2, axis=-1)
+        return loc + scale * tf.random.stateless_normal(tf.shape(loc), seed, dtype=loc.dtype)

@@ -30,7 +30,7 @@ from absl import logging
 from ssl_dgm import data, objectives
 from ssl_dgm.m1 import M1, LatentClassifier, SpreadingClassifier
 from ssl_dgm.m2 import M2
-from ssl_dgm.stacked import M1M2, active_dimensions
+from ssl_dgm.stacked import CODES, M1M2, active_dimensions
 
 MODELS = ("m1", "m2", "m1m2")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -75,6 +75,9 @@ class TrainConfig:
       m1_kl_warmup_epochs: epochs over which M1's KL weight rises from 0 to 1
         (0: none, the paper's plain ELBO throughout).
       m1_dir: reuse the finished M1 in this folder instead of training one.
+      m1_codes: where M1+M2's training codes come from (`stacked.CODES`):
+        ``"per_step"`` (M1's encoder on every batch) or ``"cached"`` (q(z1|x) of
+        every training image computed once, on grey levels, and sampled per step).
       m1_head: the classifier on M1's codes (model m1): ``"spreading"`` (label
         spreading over all training codes, `ssl_dgm.spreading`) or ``"softmax"``
         (softmax regression on the labeled codes).
@@ -118,6 +121,7 @@ class TrainConfig:
     m1_latent_size: int = 50
     m1_kl_warmup_epochs: int = 0
     m1_dir: Optional[str] = None
+    m1_codes: str = "per_step"
     m1_head: str = "spreading"
     spreading_neighbours: int = 10
     spreading_alpha: float = 0.99
@@ -137,6 +141,8 @@ class TrainConfig:
         if self.lr_schedule == "cosine_time" and not self.time_budget_minutes:
             raise ValueError("lr_schedule 'cosine_time' anneals over the time budget: "
                              "give time_budget_minutes too")
+        if self.m1_codes not in CODES:
+            raise ValueError(f"unknown m1_codes {self.m1_codes!r}; choose one of {CODES}")
         if self.m1_head not in M1_HEADS:
             raise ValueError(f"unknown m1_head {self.m1_head!r}; choose one of {M1_HEADS}")
         if not 0.0 < self.spreading_alpha < 1.0:
@@ -159,7 +165,7 @@ RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "
 
 # What runs made before a field existed did, pinned here so that a later change of
 # the field's default does not change how their config.json is read.
-VALUES_BEFORE_FIELD = {"labeled_weight": 1.0, "m1_head": "softmax"}
+VALUES_BEFORE_FIELD = {"labeled_weight": 1.0, "m1_head": "softmax", "m1_codes": "per_step"}
 
 
 def stored_config(stored):
@@ -455,7 +461,7 @@ def build_m2(config, input_size, num_train, m1=None, active=None, decoder_bias=N
     if config.model == "m2":
         model = M2(input_size, likelihood="bernoulli", decoder_bias=decoder_bias, **arguments)
     else:
-        model = M1M2(m1, active, **arguments)
+        model = M1M2(m1, active, codes=config.m1_codes, **arguments)
     model.build()
     return model
 
@@ -620,6 +626,8 @@ def _run(config, model_dir, command):
         results["train_minutes"] = (time.perf_counter() - started) / 60  # M1's: in "m1"
     else:
         input_size = int(np.prod(train.images.shape[1:]))
+        started = time.perf_counter()
+        inputs, labeled_inputs, binarized = train.images, labeled, config.binarize
         if config.model == "m2":
             model = build_m2(config, input_size, len(train),
                              decoder_bias=logit_of_mean(train.images))
@@ -627,11 +635,16 @@ def _run(config, model_dir, command):
             active = active_dimensions(m1, train.images)
             results["m1_active_dimensions"] = active.tolist()
             model = build_m2(config, input_size, len(train), m1, active)
-        train_ds = data.semi_supervised_dataset(labeled, train.images,
+            if config.m1_codes == "cached":
+                inputs, binarized = model.posterior_parameters(train.images), False
+                labeled_inputs = data.Split(inputs[indices], labeled.labels)
+        preparation_minutes = (time.perf_counter() - started) / 60
+        train_ds = data.semi_supervised_dataset(labeled_inputs, inputs,
                                                 config.labeled_batch_size, config.batch_size,
-                                                config.seed, config.binarize)
+                                                config.seed, binarized)
         results["epochs_done"], results["train_minutes"] = fit_stage(
             model, train_ds, validation_ds, model_dir, config, config.epochs, steps_per_epoch)
+        results["train_minutes"] += preparation_minutes
 
     results["total_train_minutes"] = (results["train_minutes"]
                                       + results.get("m1", {}).get("train_minutes", 0.0))

@@ -4,6 +4,7 @@ import math
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ssl_dgm import distributions
@@ -91,6 +92,42 @@ def test_active_dimensions_drop_latents_that_ignore_the_data():
     kernel.assign(frozen)
     images = binary_images(200, seed=4)
     np.testing.assert_array_equal(active_dimensions(m1, images, threshold=1e-6), [0, 2, 4])
+
+
+def test_cached_codes_are_q_z1_in_the_active_dims_and_sample_like_the_encoder():
+    m1 = tiny_m1()
+    active = np.array([0, 2, 4])
+    stacked = M1M2(m1, active, codes="cached", num_classes=4, latent_size=2,
+                   hidden_sizes=(8,), classifier_hidden_sizes=(9,), seed=2)
+    stacked.build()
+    x = tf.constant(np.random.default_rng(5).uniform(size=(BATCH, 1, DIM)), tf.float32)
+    posterior = m1.posterior(x)
+    loc = posterior.mean().numpy()[:, active]
+    scale = posterior.stddev().numpy()[:, active]
+    # Batching does not change the parameters (batch_size 2 splits the 3 images).
+    parameters = stacked.posterior_parameters(x.numpy(), batch_size=2)
+    np.testing.assert_allclose(parameters, np.concatenate([loc, scale], -1), rtol=1e-6)
+
+    # A cached step's z1 and a per-step z1 (the encoder's own sample) have the
+    # same distribution: mean loc and standard deviation scale.
+    draws = 4000
+    cached = stacked.training_features(np.tile(parameters, (draws, 1)), tf.constant([1, 1]))
+    per_step = stacked.features(tf.tile(x, (draws, 1, 1)), tf.constant([1, 2]))
+    cached, per_step = (tf.reshape(z, (draws, BATCH, -1)).numpy() for z in (cached, per_step))
+    for samples in (cached, per_step):
+        error_of_mean = scale / math.sqrt(draws)
+        assert np.all(np.abs(samples.mean(0) - loc) < 5 * error_of_mean)
+        np.testing.assert_allclose(samples.std(0), scale, rtol=0.1)
+
+    # It trains on such rows; M1 stays frozen.
+    m1_before = [v.numpy() for v in m1.weights]
+    stacked.compile(optimizer=keras.optimizers.Adam(0.1))
+    stacked.train_on_batch({"labeled_x": parameters, "labels": tf.constant([0, 1, 3]),
+                            "unlabeled_x": parameters})
+    for before, after in zip(m1_before, m1.weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    with pytest.raises(ValueError, match="unknown codes 'sometimes'"):
+        M1M2(m1, active, codes="sometimes")
 
 
 def test_stacked_call_is_m2_classifier_on_m1_latent_means():

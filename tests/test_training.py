@@ -180,6 +180,15 @@ def test_m1m2_command_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir,
     assert "reusing the finished M1" in second.stderr
     assert not (second_dir / "m1").exists()
     assert json.loads((second_dir / "results.json").read_text())["m1"] == results["m1"]
+    # Codes cached once per training image instead of encoded per batch.
+    cached_dir = tmp_path / "cached"
+    cached = run_train([*SMALL, *M1_SMALL, "--model=m1m2", "--m1_codes=cached",
+                        f"--m1_dir={first_dir / 'm1'}", f"--model_dir={cached_dir}"],
+                       mnist_data_dir, tmp_path)
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    cached_results = json.loads((cached_dir / "results.json").read_text())
+    assert cached_results["epochs_done"] == 1 and 0.0 <= cached_results["validation_error"] < 1
+    assert json.loads((cached_dir / "config.json").read_text())["m1_codes"] == "cached"
 
 
 def test_m1_command_reports_the_error_of_either_head(mnist_data_dir, tmp_path):
