@@ -160,6 +160,14 @@ M1_SMALL = ["--m1_epochs=1", "--m1_hidden_sizes=16", "--m1_latent_size=6", "--ep
             "--head_steps=20"]
 
 
+def run_on_finished_m1(model, flags, m1_dir, run_dir, data_dir, cwd):
+    """A tiny run of `model` on the finished M1 in `m1_dir`: (process, results.json)."""
+    done = run_train([*SMALL, *M1_SMALL, f"--model={model}", *flags, f"--m1_dir={m1_dir}",
+                      f"--model_dir={run_dir}"], data_dir, cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, json.loads((run_dir / "results.json").read_text())
+
+
 def test_m1m2_command_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir, tmp_path):
     first_dir = tmp_path / "stacked"
     first = run_train([*SMALL, *M1_SMALL, "--model=m1m2", f"--model_dir={first_dir}"],
@@ -173,20 +181,15 @@ def test_m1m2_command_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir,
     assert (first_dir / "m1" / "history.csv").exists() and (first_dir / "history.csv").exists()
     # A second stacked run on the same M1 skips the M1 stage.
     second_dir = tmp_path / "again"
-    second = run_train([*SMALL, *M1_SMALL, "--model=m1m2", "--seed=1",
-                        f"--m1_dir={first_dir / 'm1'}", f"--model_dir={second_dir}"],
-                       mnist_data_dir, tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
+    second, second_results = run_on_finished_m1("m1m2", ["--seed=1"], first_dir / "m1",
+                                                second_dir, mnist_data_dir, tmp_path)
     assert "reusing the finished M1" in second.stderr
     assert not (second_dir / "m1").exists()
-    assert json.loads((second_dir / "results.json").read_text())["m1"] == results["m1"]
+    assert second_results["m1"] == results["m1"]
     # Codes cached once per training image instead of encoded per batch.
     cached_dir = tmp_path / "cached"
-    cached = run_train([*SMALL, *M1_SMALL, "--model=m1m2", "--m1_codes=cached",
-                        f"--m1_dir={first_dir / 'm1'}", f"--model_dir={cached_dir}"],
-                       mnist_data_dir, tmp_path)
-    assert cached.returncode == 0, cached.stderr[-3000:]
-    cached_results = json.loads((cached_dir / "results.json").read_text())
+    _, cached_results = run_on_finished_m1("m1m2", ["--m1_codes=cached"], first_dir / "m1",
+                                           cached_dir, mnist_data_dir, tmp_path)
     assert cached_results["epochs_done"] == 1 and 0.0 <= cached_results["validation_error"] < 1
     assert json.loads((cached_dir / "config.json").read_text())["m1_codes"] == "cached"
 
@@ -200,12 +203,8 @@ def test_m1_command_reports_the_error_of_either_head(mnist_data_dir, tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["m1_head"] == "spreading"
     assert 0.0 <= results["validation_error"] < 0.9  # 20 labels beat chance on M1 features
     # The softmax head on the same M1.
-    softmax_dir = tmp_path / "softmax"
-    result = run_train([*SMALL, *M1_SMALL, "--model=m1", "--m1_head=softmax",
-                        f"--m1_dir={run_dir / 'm1'}", f"--model_dir={softmax_dir}"],
-                       mnist_data_dir, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    softmax = json.loads((softmax_dir / "results.json").read_text())
+    _, softmax = run_on_finished_m1("m1", ["--m1_head=softmax"], run_dir / "m1",
+                                    tmp_path / "softmax", mnist_data_dir, tmp_path)
     assert softmax["m1"] == results["m1"]
     assert 0.0 <= softmax["validation_error"] < 0.9
 
