@@ -43,6 +43,9 @@ flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call."
 flags.DEFINE_bool("jit_compile", True, "XLA-compile the train step.")
 flags.DEFINE_integer("train_examples", None, "Use only the first N training images (smoke tests).")
 flags.DEFINE_integer("m1_epochs", 300, "Epochs of the M1 stage (m1, m1m2).")
+flags.DEFINE_enum("m1_lr_schedule", None, ["constant", "cosine", "cosine_time"],
+                  "The M1 stage's --lr_schedule (default: the same as --lr_schedule), e.g. "
+                  "cosine over --m1_epochs while M2 uses cosine_time (m1, m1m2).")
 flags.DEFINE_list("m1_hidden_sizes", ["600", "600"], "M1 encoder/decoder hidden widths.")
 flags.DEFINE_integer("m1_latent_size", 50, "Dimension of M1's latent z1.")
 flags.DEFINE_integer("m1_kl_warmup_epochs", 0, "Epochs over which M1's KL weight rises "
@@ -92,7 +95,7 @@ def config_from_flags():
         seed=FLAGS.seed, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
         eval_split=FLAGS.eval_split, time_budget_minutes=FLAGS.time_budget_minutes,
         steps_per_execution=FLAGS.steps_per_execution, jit_compile=FLAGS.jit_compile,
-        train_examples=FLAGS.train_examples, m1_epochs=FLAGS.m1_epochs,
+        train_examples=FLAGS.train_examples, m1_epochs=FLAGS.m1_epochs, m1_lr_schedule=FLAGS.m1_lr_schedule,
         m1_hidden_sizes=tuple(int(h) for h in FLAGS.m1_hidden_sizes),
         m1_latent_size=FLAGS.m1_latent_size, m1_kl_warmup_epochs=FLAGS.m1_kl_warmup_epochs,
         m1_dir=FLAGS.m1_dir, m1_codes=FLAGS.m1_codes, m1_head=FLAGS.m1_head,

@@ -70,6 +70,9 @@ class TrainConfig:
       jit_compile: XLA-compile the train step.
       train_examples: use only the first this many training images (tests); None: all.
       m1_epochs: epochs of the M1 stage (m1, m1m2).
+      m1_lr_schedule: the M1 stage's `lr_schedule`; None: the same as the M2
+        stage's (e.g. ``"cosine"`` over `m1_epochs` while M2 anneals over its
+        time budget with ``"cosine_time"``).
       m1_hidden_sizes: M1 encoder/decoder hidden widths.
       m1_latent_size: dimension of M1's z1.
       m1_kl_warmup_epochs: epochs over which M1's KL weight rises from 0 to 1
@@ -117,6 +120,7 @@ class TrainConfig:
     jit_compile: bool = True
     train_examples: Optional[int] = None
     m1_epochs: int = 300
+    m1_lr_schedule: Optional[str] = None
     m1_hidden_sizes: Tuple[int, ...] = (600, 600)
     m1_latent_size: int = 50
     m1_kl_warmup_epochs: int = 0
@@ -138,7 +142,11 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; "
                              f"choose one of {LR_SCHEDULES}")
-        if self.lr_schedule == "cosine_time" and not self.time_budget_minutes:
+        if self.m1_lr_schedule not in (None, *LR_SCHEDULES):
+            raise ValueError(f"unknown m1_lr_schedule {self.m1_lr_schedule!r}; "
+                             f"choose one of {LR_SCHEDULES}")
+        if "cosine_time" in (self.lr_schedule, self.m1_lr_schedule) and not (
+                self.time_budget_minutes):
             raise ValueError("lr_schedule 'cosine_time' anneals over the time budget: "
                              "give time_budget_minutes too")
         if self.m1_codes not in CODES:
@@ -165,7 +173,8 @@ RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "
 
 # What runs made before a field existed did, pinned here so that a later change of
 # the field's default does not change how their config.json is read.
-VALUES_BEFORE_FIELD = {"labeled_weight": 1.0, "m1_head": "softmax", "m1_codes": "per_step"}
+VALUES_BEFORE_FIELD = {"labeled_weight": 1.0, "m1_head": "softmax", "m1_codes": "per_step",
+                       "m1_lr_schedule": None}
 
 
 def stored_config(stored):
@@ -514,7 +523,10 @@ def m1_stage(config, model_dir, train, validation_ds):
                   config.m1_kl_warmup_epochs * steps_per_epoch)
     train_ds = data.unlabeled_dataset(train.images, config.batch_size, config.seed,
                                       config.binarize)
-    epochs, minutes = fit_stage(m1, train_ds, validation_ds, stage_dir, config,
+    stage_config = config
+    if config.m1_lr_schedule is not None:
+        stage_config = dataclasses.replace(config, lr_schedule=config.m1_lr_schedule)
+    epochs, minutes = fit_stage(m1, train_ds, validation_ds, stage_dir, stage_config,
                                 config.m1_epochs, steps_per_epoch)
     weights = os.path.join(stage_dir, M1_WEIGHTS)
     temporary = weights + ".tmp.weights.h5"

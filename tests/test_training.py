@@ -51,6 +51,10 @@ def test_config_rejects_unknown_model_and_bad_sizes():
 def test_config_needs_a_budget_for_the_time_schedule_and_a_positive_labeled_weight():
     with pytest.raises(ValueError, match="give time_budget_minutes too"):
         training.TrainConfig(lr_schedule="cosine_time")
+    with pytest.raises(ValueError, match="give time_budget_minutes too"):
+        training.TrainConfig(m1_lr_schedule="cosine_time")
+    with pytest.raises(ValueError, match="unknown m1_lr_schedule 'linear'"):
+        training.TrainConfig(m1_lr_schedule="linear")
     with pytest.raises(ValueError, match="labeled_weight must be positive"):
         training.TrainConfig(labeled_weight=0.0)
 
@@ -192,6 +196,34 @@ def test_m1m2_command_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir,
                                            cached_dir, mnist_data_dir, tmp_path)
     assert cached_results["epochs_done"] == 1 and 0.0 <= cached_results["validation_error"] < 1
     assert json.loads((cached_dir / "config.json").read_text())["m1_codes"] == "cached"
+
+
+def test_m1_lr_schedule_makes_one_m1m2_command_train_the_m1_of_an_m1_command(
+        mnist_data_dir, tmp_path):
+    # The best recipe: M1 with cosine over its epochs, M2 annealed over a time budget.
+    m1_run = tmp_path / "m1"
+    done = run_train([*SMALL, *M1_SMALL, "--model=m1", "--lr_schedule=cosine",
+                      f"--model_dir={m1_run}"], mnist_data_dir, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stacked_args = [*SMALL, *M1_SMALL, "--model=m1m2", "--lr_schedule=cosine_time",
+                    "--time_budget_minutes=30"]
+    stacked_run, same_schedule_run = tmp_path / "stacked", tmp_path / "same_schedule"
+    for extra, run_dir in ((["--m1_lr_schedule=cosine"], stacked_run), ([], same_schedule_run)):
+        done = run_train([*stacked_args, *extra, f"--model_dir={run_dir}"], mnist_data_dir,
+                         tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def m1_weights(run_dir):
+        m1, _ = training.load_m1(str(run_dir / "m1"), 28 * 28)
+        return [w.numpy() for w in m1.weights]
+
+    reference = m1_weights(m1_run)
+    for ours, theirs in zip(m1_weights(stacked_run), reference):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # Without it the M1 stage follows M2's schedule (barely decayed after one epoch of a
+    # 30-minute budget) and ends elsewhere.
+    assert not all(np.allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+                   for ours, theirs in zip(m1_weights(same_schedule_run), reference))
 
 
 def test_m1_command_reports_the_error_of_either_head(mnist_data_dir, tmp_path):
