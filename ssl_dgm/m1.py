@@ -98,10 +98,15 @@ class LatentClassifier(keras.Model):
         return tf.nn.softmax(self.head(self.m1(x)))
 
 
+def in_batches(function, images, batch_size=1000):
+    """`function` (a batch of images -> a tensor) over all `images`, concatenated (numpy)."""
+    return np.concatenate([function(images[i:i + batch_size]).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+
 def posterior_means(m1: M1, images, batch_size=1000):
     """E_q[z|x] of every image, ``[n, latent]`` (numpy), in batches."""
-    return np.concatenate([m1(images[i:i + batch_size]).numpy()
-                           for i in range(0, len(images), batch_size)])
+    return in_batches(m1, images, batch_size)
 
 
 class SpreadingClassifier(keras.Model):

@@ -19,7 +19,7 @@ exp(logvar / 2))`` per minibatch).  Cached training batches hold
 import numpy as np
 import tensorflow as tf
 
-from ssl_dgm.m1 import M1, posterior_means
+from ssl_dgm.m1 import M1, in_batches, posterior_means
 from ssl_dgm.m2 import M2
 
 CODES = ("per_step", "cached")
@@ -73,13 +73,13 @@ class M1M2(M2):
     def posterior_parameters(self, images, batch_size=1000):
         """q(z1|x)'s means and scales in the active dimensions, ``[n, 2 * active]``
         (numpy), in batches: the training inputs of a ``codes="cached"`` model."""
-        parts = []
-        for i in range(0, len(images), batch_size):
-            posterior = self.m1.posterior(images[i:i + batch_size])
-            parts.append(tf.gather(tf.concat([posterior.mean(), posterior.stddev()], -1),
-                                   tf.concat([self.active, self.active + self.m1.latent_size],
-                                             0), axis=-1).numpy())
-        return np.concatenate(parts)
+        def parameters(batch):
+            posterior = self.m1.posterior(batch)
+            return tf.gather(tf.concat([posterior.mean(), posterior.stddev()], -1),
+                             tf.concat([self.active, self.active + self.m1.latent_size], 0),
+                             axis=-1)
+
+        return in_batches(parameters, images, batch_size)
 
     def training_features(self, x, seed):
         if self.codes == "per_step":
