@@ -7,6 +7,11 @@ Every (model, labels, seed) run lives in ``ROOT/<model>_<labels>_seed<seed>``; a
 run with a results.json is skipped, an interrupted one resumes from its last
 checkpoint.  M1 is trained once per seed (``ROOT/m1_seed<seed>``) and reused by
 every m1 / m1m2 run of that seed, whatever its label count: M1 never sees labels.
+``--m1_dir`` instead gives every seed one finished M1 (the seeds then vary the
+labeled subset, the data order and the classifier's initialisation, not M1).
+A finished run is checked against the settings this command would train it
+with, so a run placed in ROOT by hand (a copy or link) is refused unless it
+is the run this grid describes.
 Writes OUTPUT.md and OUTPUT.json: mean ± std error per cell over the finished
 seeds, the paper's numbers beside them, wall time and epochs per run, the machine
 and this command.  Numbers in the README come from that file.
@@ -38,6 +43,8 @@ flags.DEFINE_string("overrides", "{}", "JSON of extra TrainConfig fields for eve
 flags.DEFINE_string("model_overrides", "{}", "JSON {model: {TrainConfig field: value}} for "
                     "one model's runs; give m1 and m1m2 the same m1_* fields (the M1 is "
                     "trained with m1's), so every run records the M1 it used.")
+flags.DEFINE_string("m1_dir", None, "A finished M1 (a run's m1/ folder) used by every m1 / "
+                    "m1m2 run of every seed, instead of training one M1 per seed.")
 flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
 FLAGS = flags.FLAGS
 
@@ -60,22 +67,24 @@ def train_grid(command):
         for model in FLAGS.models:
             for labels in map(int, FLAGS.labels):
                 folder = run_dir(model, labels, seed)
-                if os.path.exists(os.path.join(folder, "results.json")):
-                    continue
                 common = dict(labels=labels, seed=seed, epochs=FLAGS.epochs,
                               m1_epochs=FLAGS.m1_epochs, data_dir=FLAGS.data_dir,
                               time_budget_minutes=FLAGS.time_budget_minutes)
                 m1_dir = None
                 if model in ("m1", "m1m2"):
-                    m1_dir = os.path.join(FLAGS.root, f"m1_seed{seed}", "m1")
-                    if not os.path.exists(os.path.join(m1_dir, "results.json")):
-                        m1_config = training.TrainConfig(
-                            **{**common, "model": "m1", "eval_split": "validation",
-                               **settings("m1")})
-                        training.run(m1_config, os.path.dirname(m1_dir), command)
+                    m1_dir = FLAGS.m1_dir or os.path.join(FLAGS.root, f"m1_seed{seed}", "m1")
                 config = training.TrainConfig(**{**common, "model": model, "m1_dir": m1_dir,
                                                  "eval_split": FLAGS.eval_split,
                                                  **settings(model)})
+                if os.path.exists(os.path.join(folder, "results.json")):
+                    training.check_same_config(folder, config)  # finished: this grid's run?
+                    continue
+                if (m1_dir and not FLAGS.m1_dir  # a shared M1 is checked by training.run
+                        and not os.path.exists(os.path.join(m1_dir, "results.json"))):
+                    m1_config = training.TrainConfig(
+                        **{**common, "model": "m1", "eval_split": "validation",
+                           **settings("m1")})
+                    training.run(m1_config, os.path.dirname(m1_dir), command)
                 training.run(config, folder, command)
 
 
@@ -112,7 +121,10 @@ def report(cells, command):
              f"Error (%) on the **{split}** split"
              + (" (train[50000:]; the paper reports test error)" if split == "validation"
                 else "") + ", its images binarised once, mean ± std over the finished "
-             "seeds (n).", "",
+             "seeds (n)."
+             + (f" Every m1 / m1m2 run uses the one M1 in `{FLAGS.m1_dir}` (not one M1 "
+                "per seed), so their seeds vary the labeled subset, the data order and the "
+                "classifier's initialisation, not M1." if FLAGS.m1_dir else ""), "",
              "| model | " + " | ".join(f"N={n}" for n in FLAGS.labels) + " |",
              "|---|" + "---|" * len(FLAGS.labels)]
     for model in FLAGS.models:

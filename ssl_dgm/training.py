@@ -202,6 +202,25 @@ def read_json(path):
         return json.load(f)
 
 
+def check_same_config(model_dir, config):
+    """Raises ValueError if `model_dir` holds a run made with other settings.
+
+    Fields in RESUMABLE_FIELDS may differ; a folder without config.json passes.
+    """
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    stored = stored_config(read_json(path))
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as stored
+    differing = sorted(k for k in set(stored) | set(wanted)
+                       if k not in RESUMABLE_FIELDS and stored.get(k) != wanted.get(k))
+    if differing:
+        details = ", ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now"
+                            for k in differing)
+        raise ValueError(f"{model_dir} holds a run made with other settings ({details}); "
+                         f"use a new --model_dir or the same flags to resume it")
+
+
 def prepare_run_dir(model_dir, config, command=None):
     """Creates the run directory or checks that it was made by the same config.
 
@@ -209,19 +228,9 @@ def prepare_run_dir(model_dir, config, command=None):
     says what produced it, resumes included.
     """
     os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, "config.json")
-    wanted = dataclasses.asdict(config)
-    wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as stored
-    if os.path.exists(path):
-        stored = stored_config(read_json(path))
-        differing = sorted(k for k in set(stored) | set(wanted)
-                           if k not in RESUMABLE_FIELDS and stored.get(k) != wanted.get(k))
-        if differing:
-            details = ", ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now"
-                                for k in differing)
-            raise ValueError(f"{model_dir} holds a run made with other settings ({details}); "
-                             f"use a new --model_dir or the same flags to resume it")
-    write_json(path, wanted)
+    check_same_config(model_dir, config)
+    write_json(os.path.join(model_dir, "config.json"),
+               json.loads(json.dumps(dataclasses.asdict(config))))  # tuples -> lists
     if command:
         with open(os.path.join(model_dir, "commands.txt"), "a") as f:
             f.write(command + "\n")
@@ -495,8 +504,12 @@ def m1_stage_dir(config, model_dir):
 def load_m1(stage_dir, input_size):
     """The finished M1 in `stage_dir` and its summary (``results.json``)."""
     summary = read_json(os.path.join(stage_dir, "results.json"))
+    weights = os.path.join(stage_dir, M1_WEIGHTS)
+    if "config" not in summary or not os.path.exists(weights):
+        raise FileNotFoundError(f"{stage_dir} is not a finished M1: it needs {M1_WEIGHTS} and "
+                                f"the M1 stage's results.json (a run's m1/ folder)")
     m1 = build_m1(summary["config"], input_size)
-    m1.load_weights(os.path.join(stage_dir, M1_WEIGHTS))
+    m1.load_weights(weights)
     return m1, summary
 
 
