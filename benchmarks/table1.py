@@ -7,8 +7,9 @@ Every (model, labels, seed) run lives in ``ROOT/<model>_<labels>_seed<seed>``; a
 run with a results.json is skipped, an interrupted one resumes from its last
 checkpoint.  M1 is trained once per seed (``ROOT/m1_seed<seed>``) and reused by
 every m1 / m1m2 run of that seed, whatever its label count: M1 never sees labels.
-``--m1_dir`` instead gives every seed one finished M1 (the seeds then vary the
-labeled subset, the data order and the classifier's initialisation, not M1).
+An ``m1_dir`` in --model_overrides instead gives that model's runs of every seed
+one finished M1 (the seeds then vary the labeled subset, the data order and the
+classifier's initialisation, not M1); the report says so.
 A finished run is checked against the settings this command would train it
 with, so a run placed in ROOT by hand (a copy or link) is refused unless it
 is the run this grid describes.
@@ -42,9 +43,8 @@ flags.DEFINE_integer("m1_epochs", 300, "Epochs of each seed's M1.")
 flags.DEFINE_string("overrides", "{}", "JSON of extra TrainConfig fields for every run.")
 flags.DEFINE_string("model_overrides", "{}", "JSON {model: {TrainConfig field: value}} for "
                     "one model's runs; give m1 and m1m2 the same m1_* fields (the M1 is "
-                    "trained with m1's), so every run records the M1 it used.")
-flags.DEFINE_string("m1_dir", None, "A finished M1 (a run's m1/ folder) used by every m1 / "
-                    "m1m2 run of every seed, instead of training one M1 per seed.")
+                    "trained with m1's), so every run records the M1 it used. An m1_dir "
+                    "(a finished run's m1/ folder) makes every seed of that model use it.")
 flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
 FLAGS = flags.FLAGS
 
@@ -70,16 +70,17 @@ def train_grid(command):
                 common = dict(labels=labels, seed=seed, epochs=FLAGS.epochs,
                               m1_epochs=FLAGS.m1_epochs, data_dir=FLAGS.data_dir,
                               time_budget_minutes=FLAGS.time_budget_minutes)
+                shared_m1 = settings(model).get("m1_dir")
                 m1_dir = None
                 if model in ("m1", "m1m2"):
-                    m1_dir = FLAGS.m1_dir or os.path.join(FLAGS.root, f"m1_seed{seed}", "m1")
+                    m1_dir = shared_m1 or os.path.join(FLAGS.root, f"m1_seed{seed}", "m1")
                 config = training.TrainConfig(**{**common, "model": model, "m1_dir": m1_dir,
                                                  "eval_split": FLAGS.eval_split,
                                                  **settings(model)})
                 if os.path.exists(os.path.join(folder, "results.json")):
                     training.check_same_config(folder, config)  # finished: this grid's run?
                     continue
-                if (m1_dir and not FLAGS.m1_dir  # a shared M1 is checked by training.run
+                if (m1_dir and not shared_m1  # a shared M1 is checked by training.run
                         and not os.path.exists(os.path.join(m1_dir, "results.json"))):
                     m1_config = training.TrainConfig(
                         **{**common, "model": "m1", "eval_split": "validation",
@@ -94,11 +95,15 @@ def collect():
         for labels in map(int, FLAGS.labels):
             runs = []
             for seed in map(int, FLAGS.seeds):
-                path = os.path.join(run_dir(model, labels, seed), "results.json")
+                folder = run_dir(model, labels, seed)
+                path = os.path.join(folder, "results.json")
                 if os.path.exists(path):
                     results = json.load(open(path))
                     grayscale = results.get("eval_error_grayscale")
                     runs.append({"seed": seed, "error": 100 * results["eval_error"],
+                                 # A run linked into ROOT: where it was trained.
+                                 "trained_in": os.path.realpath(folder)
+                                 if os.path.islink(folder) else None,
                                  "error_grayscale": None if grayscale is None
                                  else 100 * grayscale,
                                  "train_minutes": results.get("total_train_minutes", results["train_minutes"]),
@@ -122,9 +127,10 @@ def report(cells, command):
              + (" (train[50000:]; the paper reports test error)" if split == "validation"
                 else "") + ", its images binarised once, mean ± std over the finished "
              "seeds (n)."
-             + (f" Every m1 / m1m2 run uses the one M1 in `{FLAGS.m1_dir}` (not one M1 "
-                "per seed), so their seeds vary the labeled subset, the data order and the "
-                "classifier's initialisation, not M1." if FLAGS.m1_dir else ""), "",
+             + "".join(f" Every {model} run uses the one M1 in `{settings(model)['m1_dir']}` "
+                       "(not one M1 per seed), so its seeds vary the labeled subset, the data "
+                       "order and the classifier's initialisation, not M1."
+                       for model in FLAGS.models if settings(model).get("m1_dir")), "",
              "| model | " + " | ".join(f"N={n}" for n in FLAGS.labels) + " |",
              "|---|" + "---|" * len(FLAGS.labels)]
     for model in FLAGS.models:
@@ -151,7 +157,8 @@ def report(cells, command):
     for key, runs in cells.items():
         for r in runs:
             grayscale = r.get("error_grayscale")
-            lines.append(f"| {key} seed {r['seed']} | {r['error']:.2f} | "
+            origin = f" (linked from `{r['trained_in']}`)" if r.get("trained_in") else ""
+            lines.append(f"| {key} seed {r['seed']}{origin} | {r['error']:.2f} | "
                          f"{'—' if grayscale is None else f'{grayscale:.2f}'} | "
                          f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
                          f"| {r.get('m1_active_dims') or '—'} |")

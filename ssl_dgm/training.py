@@ -171,6 +171,15 @@ M1_HEADS = ("spreading", "softmax")
 RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "strategy",
                     "checkpoint_minutes")
 
+# Fields a model's run never reads, so they need not match when it is resumed or
+# checked (an m2 run made before m1_head existed is the same run under any m1_head).
+M1_HEAD_FIELDS = ("m1_head", "spreading_neighbours", "spreading_alpha", "head_steps",
+                  "head_learning_rate")
+UNREAD_FIELDS = {"m2": M1_HEAD_FIELDS + ("m1_epochs", "m1_lr_schedule", "m1_hidden_sizes",
+                                         "m1_latent_size", "m1_kl_warmup_epochs", "m1_dir",
+                                         "m1_codes"),
+                 "m1m2": M1_HEAD_FIELDS}
+
 # What runs made before a field existed did, pinned here so that a later change of
 # the field's default does not change how their config.json is read.
 VALUES_BEFORE_FIELD = {"labeled_weight": 1.0, "m1_head": "softmax", "m1_codes": "per_step",
@@ -205,15 +214,17 @@ def read_json(path):
 def check_same_config(model_dir, config):
     """Raises ValueError if `model_dir` holds a run made with other settings.
 
-    Fields in RESUMABLE_FIELDS may differ; a folder without config.json passes.
+    Fields in RESUMABLE_FIELDS, and those the model does not read (UNREAD_FIELDS),
+    may differ; a folder without config.json passes.
     """
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
         return
     stored = stored_config(read_json(path))
     wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as stored
+    free = RESUMABLE_FIELDS + UNREAD_FIELDS.get(config.model, ())
     differing = sorted(k for k in set(stored) | set(wanted)
-                       if k not in RESUMABLE_FIELDS and stored.get(k) != wanted.get(k))
+                       if k not in free and stored.get(k) != wanted.get(k))
     if differing:
         details = ", ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now"
                             for k in differing)

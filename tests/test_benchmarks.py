@@ -73,28 +73,34 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     assert second.returncode == 0, second.stderr[-3000:]
     assert os.path.getmtime(tmp_path / "runs" / "m2_20_seed0" / "results.json") == modified
 
-    # --m1_dir: every seed uses one finished M1. A finished run linked into the new
-    # root is skipped when it is this grid's run, and refused when it is not.
+    # An m1_dir override: every seed uses one finished M1. A finished run linked into
+    # the new root is skipped when it is this grid's run, and refused when it is not.
     shared_m1 = tmp_path / "runs" / "m1_seed0" / "m1"
     (tmp_path / "shared").mkdir()
     os.symlink(tmp_path / "runs" / "m1m2_20_seed0", tmp_path / "shared" / "m1m2_20_seed0")
-    shared = [a for a in args if not a.startswith(("--models", "--seeds", "--root", "--output"))]
+
+    def overriding(m1_dir, hidden=6):
+        return "--model_overrides=" + json.dumps(
+            {"m1m2": {"epochs": 2, "hidden_sizes": [hidden], "m1_dir": str(m1_dir)}})
+
+    shared = [a for a in args if not a.startswith(("--models", "--seeds", "--root", "--output",
+                                                   "--model_overrides"))]
     shared += ["--models=m1m2", "--seeds=0,1", f"--root={tmp_path / 'shared'}",
-               f"--m1_dir={shared_m1}", f"--output={tmp_path / 'shared_results'}"]
-    third = subprocess.run(shared, capture_output=True, text=True, timeout=600)
+               f"--output={tmp_path / 'shared_results'}"]
+    third = subprocess.run(shared + [overriding(shared_m1)], capture_output=True, text=True,
+                           timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     cells = json.loads((tmp_path / "shared_results.json").read_text())["cells"]["m1m2/20"]
     assert [c["seed"] for c in cells] == [0, 1]
     seed1 = json.loads((tmp_path / "shared" / "m1m2_20_seed1" / "config.json").read_text())
     assert seed1["m1_dir"] == str(shared_m1) and seed1["seed"] == 1
     assert not (tmp_path / "shared" / "m1_seed1").exists()  # no M1 trained for seed 1
-    assert f"uses the one M1 in `{shared_m1}`" in (tmp_path / "shared_results.md").read_text()
-    other = [a.replace('"hidden_sizes": [6]', '"hidden_sizes": [7]') for a in shared]
-    refused = subprocess.run(other, capture_output=True, text=True, timeout=600)
+    assert f"Every m1m2 run uses the one M1 in `{shared_m1}`" in (tmp_path / "shared_results.md").read_text()
+    refused = subprocess.run(shared + [overriding(shared_m1, hidden=7)], capture_output=True,
+                             text=True, timeout=600)
     assert refused.returncode != 0
     assert "hidden_sizes: [6] there, [7] now" in refused.stderr
-    missing = subprocess.run(shared[:-2] + [f"--m1_dir={tmp_path}", "--seeds=2",
-                                            f"--output={tmp_path / 'missing'}"],
+    missing = subprocess.run(shared + [overriding(tmp_path), "--seeds=2"],
                              capture_output=True, text=True, timeout=600)
     assert missing.returncode != 0
     assert f"{tmp_path} is not a finished M1" in missing.stderr  # it holds a results.json
