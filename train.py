@@ -4,8 +4,11 @@
     python train.py --model=m1m2 --labels=100 --eval_split=validation
 
 Run directory layout: see ssl_dgm/training.py.  Rerun the same command to resume.
+A few defaults differ by model (the help says which; `training.MODEL_DEFAULTS`):
+a flag given on the command line always wins.
 """
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -14,7 +17,8 @@ from absl import app, flags
 
 flags.DEFINE_enum("model", "m2", ["m1", "m2", "m1m2"], "Which model of the paper to train.")
 flags.DEFINE_integer("labels", 100, "Labeled training images N (a multiple of 10 on MNIST).")
-flags.DEFINE_integer("epochs", 200, "Passes over the 50000 unlabeled training images.")
+flags.DEFINE_integer("epochs", 200, "Passes over the 50000 unlabeled training images "
+                     "(--model=m1m2: 600).")
 flags.DEFINE_integer("batch_size", 100, "Unlabeled images per step.")
 flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's initial learning rate.")
@@ -25,9 +29,11 @@ flags.DEFINE_float("alpha", None, "Weight of -log q(y|x) per labeled example. "
                    "Default: the paper's 0.1*N per labeled example, 0.1*50000/labels.")
 flags.DEFINE_string("labeled_weight", "1", "Weight of a labeled example's terms against an "
                     "unlabeled example's U per step: a number, or 'paper' for N_l / N_u "
-                    "(every example once per pass, as the paper's sums).")
-flags.DEFINE_list("hidden_sizes", ["500", "500"], "Encoder/decoder hidden widths.")
-flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"], "q(y|x) hidden widths.")
+                    "(every example once per pass, as the paper's sums). "
+                    "--model=m1m2: 0.1.")
+flags.DEFINE_list("hidden_sizes", ["500", "500"], "Encoder/decoder hidden widths "
+                  "(--model=m1m2: 500).")
+flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"], "q(y|x) hidden widths (--model=m1m2: 500).")
 flags.DEFINE_integer("latent_size", 50, "Dimension of z.")
 flags.DEFINE_string("activation", "softplus", "Hidden activation.")
 flags.DEFINE_bool("binarize", True, "Dynamic binarisation of pixels (fresh sample per batch).")
@@ -49,7 +55,8 @@ flags.DEFINE_enum("m1_lr_schedule", None, ["constant", "cosine", "cosine_time"],
 flags.DEFINE_list("m1_hidden_sizes", ["600", "600"], "M1 encoder/decoder hidden widths.")
 flags.DEFINE_integer("m1_latent_size", 50, "Dimension of M1's latent z1.")
 flags.DEFINE_integer("m1_kl_warmup_epochs", 0, "Epochs over which M1's KL weight rises "
-                     "from 0 to 1 (0: the plain ELBO throughout).")
+                     "from 0 to 1 (0: the plain ELBO throughout; "
+                     "--model=m1m2: 50).")
 flags.DEFINE_string("m1_dir", None, "Reuse the finished M1 in this folder (e.g. runs/X/m1).")
 flags.DEFINE_enum("m1_codes", "per_step", ["per_step", "cached"],
                   "M1+M2's training codes: M1's encoder on every batch, or q(z1|x) of "
@@ -82,9 +89,11 @@ def labeled_weight_from_flag(value):
 
 
 def config_from_flags():
-    from ssl_dgm.training import TrainConfig
+    """The TrainConfig of the flags; a flag the command does not set takes the
+    model's own default where it has one (`training.MODEL_DEFAULTS`)."""
+    from ssl_dgm.training import MODEL_DEFAULTS, TrainConfig
 
-    return TrainConfig(
+    config = TrainConfig(
         model=FLAGS.model, labels=FLAGS.labels, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, labeled_batch_size=FLAGS.labeled_batch_size,
         learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, alpha=FLAGS.alpha,
@@ -104,6 +113,9 @@ def config_from_flags():
         spreading_alpha=FLAGS.spreading_alpha, head_steps=FLAGS.head_steps,
         head_learning_rate=FLAGS.head_learning_rate,
         strategy=FLAGS.strategy, checkpoint_minutes=FLAGS.checkpoint_minutes)
+    unset = {name: value for name, value in MODEL_DEFAULTS.get(config.model, {}).items()
+             if not FLAGS[name].present}
+    return dataclasses.replace(config, **unset)
 
 
 def main(argv):

@@ -62,6 +62,17 @@ def test_fields_a_model_does_not_read_need_not_match(tmp_path):
     path.write_text(json.dumps(stored))
     with pytest.raises(ValueError, match="m1_head: 'softmax' there, 'spreading' now"):
         training.check_same_config(str(tmp_path / "m1"), training.TrainConfig(model="m1"))
+    # A run on a finished M1 does not read how an M1 would be trained; one that trains
+    # its own M1 does.
+    on_m1 = training.TrainConfig(model="m1m2", m1_dir="runs/x/m1")
+    training.prepare_run_dir(str(tmp_path / "on_m1"), on_m1)
+    training.check_same_config(str(tmp_path / "on_m1"),
+                               training.TrainConfig(model="m1m2", m1_dir="runs/x/m1",
+                                                    m1_kl_warmup_epochs=50))
+    training.prepare_run_dir(str(tmp_path / "own_m1"), training.TrainConfig(model="m1m2"))
+    with pytest.raises(ValueError, match="m1_kl_warmup_epochs: 0 there, 50 now"):
+        training.check_same_config(str(tmp_path / "own_m1"),
+                                   training.TrainConfig(model="m1m2", m1_kl_warmup_epochs=50))
 
 
 def test_config_rejects_unknown_model_and_bad_sizes():
@@ -206,6 +217,11 @@ def test_m1m2_command_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir,
     assert 1 <= len(results["m1_active_dimensions"]) <= 6
     assert (first_dir / "m1" / "m1.weights.h5").exists()
     assert (first_dir / "m1" / "history.csv").exists() and (first_dir / "history.csv").exists()
+    # Flags the command leaves out take m1m2's defaults; flags it gives win.
+    stored = json.loads((first_dir / "config.json").read_text())
+    assert (stored["labeled_weight"], stored["m1_kl_warmup_epochs"]) == (0.1, 50)
+    assert (stored["hidden_sizes"], stored["epochs"]) == ([16], 1)
+    assert training.MODEL_DEFAULTS["m1m2"]["hidden_sizes"] == (500,)  # given: 16
     # A second stacked run on the same M1 skips the M1 stage.
     second_dir = tmp_path / "again"
     second, second_results = run_on_finished_m1("m1m2", ["--seed=1"], first_dir / "m1",
@@ -226,10 +242,11 @@ def test_m1_lr_schedule_makes_one_m1m2_command_train_the_m1_of_an_m1_command(
     # The best recipe: M1 with cosine over its epochs, M2 annealed over a time budget.
     m1_run = tmp_path / "m1"
     done = run_train([*SMALL, *M1_SMALL, "--model=m1", "--lr_schedule=cosine",
-                      f"--model_dir={m1_run}"], mnist_data_dir, tmp_path)
+                      "--m1_kl_warmup_epochs=2", f"--model_dir={m1_run}"], mnist_data_dir,
+                     tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     stacked_args = [*SMALL, *M1_SMALL, "--model=m1m2", "--lr_schedule=cosine_time",
-                    "--time_budget_minutes=30"]
+                    "--time_budget_minutes=30", "--m1_kl_warmup_epochs=2"]
     stacked_run, same_schedule_run = tmp_path / "stacked", tmp_path / "same_schedule"
     for extra, run_dir in ((["--m1_lr_schedule=cosine"], stacked_run), ([], same_schedule_run)):
         done = run_train([*stacked_args, *extra, f"--model_dir={run_dir}"], mnist_data_dir,
