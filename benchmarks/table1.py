@@ -78,7 +78,8 @@ def train_grid(command):
                                                  "eval_split": FLAGS.eval_split,
                                                  **settings(model)})
                 if os.path.exists(os.path.join(folder, "results.json")):
-                    training.check_same_config(folder, config)  # finished: this grid's run?
+                    # Finished: is it this grid's run (epochs and budget included)?
+                    training.check_same_config(folder, config, training.PLACEMENT_FIELDS)
                     continue
                 if (m1_dir and not shared_m1  # a shared M1 is checked by training.run
                         and not os.path.exists(os.path.join(m1_dir, "results.json"))):

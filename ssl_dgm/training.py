@@ -170,6 +170,9 @@ M1_HEADS = ("spreading", "softmax")
 # Fields that may change when a run is resumed (the rest must match config.json).
 RESUMABLE_FIELDS = ("epochs", "eval_split", "data_dir", "time_budget_minutes", "strategy",
                     "checkpoint_minutes")
+# Fields that may differ between a finished run and a description of it (where the
+# data lives, how the run was spread and checkpointed): not what was trained or reported.
+PLACEMENT_FIELDS = ("data_dir", "strategy", "checkpoint_minutes")
 
 # Fields a run never reads need not match when it is resumed or checked: an m2
 # run made before m1_head existed is the same run under any m1_head, and a run on
@@ -228,18 +231,19 @@ def read_json(path):
         return json.load(f)
 
 
-def check_same_config(model_dir, config):
+def check_same_config(model_dir, config, free=RESUMABLE_FIELDS):
     """Raises ValueError if `model_dir` holds a run made with other settings.
 
-    Fields in RESUMABLE_FIELDS, and those the run does not read (`unread_fields`),
-    may differ; a folder without config.json passes.
+    Fields in `free` (by default those a resumed run may change; PLACEMENT_FIELDS
+    to check that a finished run is the one `config` describes), and those the run
+    does not read (`unread_fields`), may differ; a folder without config.json passes.
     """
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
         return
     stored = stored_config(read_json(path))
     wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as stored
-    free = RESUMABLE_FIELDS + unread_fields(config)
+    free = tuple(free) + unread_fields(config)
     differing = sorted(k for k in set(stored) | set(wanted)
                        if k not in free and stored.get(k) != wanted.get(k))
     if differing:

@@ -28,6 +28,19 @@ def test_run_dir_refuses_other_settings_but_allows_more_epochs(tmp_path):
         training.prepare_run_dir(str(tmp_path), training.TrainConfig(labels=600, epochs=9))
 
 
+def test_a_finished_run_is_described_only_by_its_own_epochs_and_split(tmp_path):
+    training.prepare_run_dir(str(tmp_path), training.TrainConfig(epochs=3, data_dir="/a"))
+    finished = training.PLACEMENT_FIELDS
+    training.check_same_config(str(tmp_path), training.TrainConfig(epochs=3, data_dir="/b"),
+                               finished)
+    with pytest.raises(ValueError, match="epochs: 3 there, 9 now"):
+        training.check_same_config(str(tmp_path), training.TrainConfig(epochs=9), finished)
+    with pytest.raises(ValueError, match="eval_split: 'test' there, 'validation' now"):
+        training.check_same_config(str(tmp_path),
+                                   training.TrainConfig(epochs=3, eval_split="validation"),
+                                   finished)
+
+
 def test_runs_made_before_labeled_weight_existed_count_as_weight_one(tmp_path):
     config = training.TrainConfig(labels=100, labeled_weight=1.0)
     training.prepare_run_dir(str(tmp_path), config)
