@@ -33,7 +33,8 @@ flags.DEFINE_string("labeled_weight", "1", "Weight of a labeled example's terms 
                     "--model=m1m2: 0.1.")
 flags.DEFINE_list("hidden_sizes", ["500", "500"], "Encoder/decoder hidden widths "
                   "(--model=m1m2: 500).")
-flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"], "q(y|x) hidden widths (--model=m1m2: 500).")
+flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"],
+                  "q(y|x) hidden widths (--model=m1m2: 500).")
 flags.DEFINE_integer("latent_size", 50, "Dimension of z.")
 flags.DEFINE_string("activation", "softplus", "Hidden activation.")
 flags.DEFINE_bool("binarize", True, "Dynamic binarisation of pixels (fresh sample per batch).")

@@ -107,7 +107,8 @@ def collect():
                                  if os.path.islink(folder) else None,
                                  "error_grayscale": None if grayscale is None
                                  else 100 * grayscale,
-                                 "train_minutes": results.get("total_train_minutes", results["train_minutes"]),
+                                 "train_minutes": results.get("total_train_minutes",
+                                                              results["train_minutes"]),
                                  "epochs": results["epochs_done"],
                                  "m1_epochs": results.get("m1", {}).get("epochs_done"),
                                  "m1_active_dims": len(results.get("m1_active_dimensions", []))

@@ -194,8 +194,9 @@ def unread_fields(config):
 # Defaults that differ by model, applied by train.py to the flags a command does not
 # set (TrainConfig's own defaults stay M2's, which the Table 1 harness builds on).
 # m1m2: the recipe of the 2-hour runs (KL warm-up M1, 1x500 stage, labeled weight
-# 0.1: 3.25% and 3.19% validation error, seeds 0 and 1), with the stage's cosine over
-# 600 epochs (about its 78 minutes here) instead of over the time budget.
+# 0.1: 3.25 / 3.19 / 3.15% validation error on seeds 0 / 1 / 2, docs/results.md), with
+# the stage's cosine over 600 epochs (about its 78 minutes here) instead of over the
+# time budget.
 MODEL_DEFAULTS = {"m1m2": {"epochs": 600, "hidden_sizes": (500,),
                            "classifier_hidden_sizes": (500,), "labeled_weight": 0.1,
                            "m1_kl_warmup_epochs": 50}}

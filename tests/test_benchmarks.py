@@ -95,7 +95,8 @@ def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir,
     seed1 = json.loads((tmp_path / "shared" / "m1m2_20_seed1" / "config.json").read_text())
     assert seed1["m1_dir"] == str(shared_m1) and seed1["seed"] == 1
     assert not (tmp_path / "shared" / "m1_seed1").exists()  # no M1 trained for seed 1
-    assert f"Every m1m2 run uses the one M1 in `{shared_m1}`" in (tmp_path / "shared_results.md").read_text()
+    report = (tmp_path / "shared_results.md").read_text()
+    assert f"Every m1m2 run uses the one M1 in `{shared_m1}`" in report
     refused = subprocess.run(shared + [overriding(shared_m1, hidden=7)], capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode != 0
