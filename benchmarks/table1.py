@@ -70,13 +70,13 @@ def train_grid(command):
                 common = dict(labels=labels, seed=seed, epochs=FLAGS.epochs,
                               m1_epochs=FLAGS.m1_epochs, data_dir=FLAGS.data_dir,
                               time_budget_minutes=FLAGS.time_budget_minutes)
-                shared_m1 = settings(model).get("m1_dir")
+                fields = settings(model)
+                shared_m1 = fields.get("m1_dir")
                 m1_dir = None
                 if model in ("m1", "m1m2"):
                     m1_dir = shared_m1 or os.path.join(FLAGS.root, f"m1_seed{seed}", "m1")
                 config = training.TrainConfig(**{**common, "model": model, "m1_dir": m1_dir,
-                                                 "eval_split": FLAGS.eval_split,
-                                                 **settings(model)})
+                                                 "eval_split": FLAGS.eval_split, **fields})
                 if os.path.exists(os.path.join(folder, "results.json")):
                     # Finished: is it this grid's run (epochs and budget included)?
                     training.check_same_config(folder, config, training.PLACEMENT_FIELDS)

@@ -207,10 +207,14 @@ VALUES_BEFORE_FIELD = {"labeled_weight": 1.0, "m1_head": "softmax", "m1_codes": 
                        "m1_lr_schedule": None}
 
 
+def as_stored(config):
+    """`config` as config.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def stored_config(stored):
     """A config.json's fields, completed for fields added after it was written."""
-    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
-    return {**defaults, **VALUES_BEFORE_FIELD, **stored}
+    return {**as_stored(TrainConfig()), **VALUES_BEFORE_FIELD, **stored}
 
 
 def atomic_write(path, text):
@@ -243,7 +247,7 @@ def check_same_config(model_dir, config, free=RESUMABLE_FIELDS):
     if not os.path.exists(path):
         return
     stored = stored_config(read_json(path))
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as stored
+    wanted = as_stored(config)
     free = tuple(free) + unread_fields(config)
     differing = sorted(k for k in set(stored) | set(wanted)
                        if k not in free and stored.get(k) != wanted.get(k))
@@ -262,8 +266,7 @@ def prepare_run_dir(model_dir, config, command=None):
     """
     os.makedirs(model_dir, exist_ok=True)
     check_same_config(model_dir, config)
-    write_json(os.path.join(model_dir, "config.json"),
-               json.loads(json.dumps(dataclasses.asdict(config))))  # tuples -> lists
+    write_json(os.path.join(model_dir, "config.json"), as_stored(config))
     if command:
         with open(os.path.join(model_dir, "commands.txt"), "a") as f:
             f.write(command + "\n")

@@ -55,24 +55,22 @@ def test_runs_made_before_labeled_weight_existed_count_as_weight_one(tmp_path):
 
 
 def test_fields_a_model_does_not_read_need_not_match(tmp_path):
+    def made_before_m1_head_existed(folder, model):
+        training.prepare_run_dir(str(folder), training.TrainConfig(model=model))
+        stored = json.loads((folder / "config.json").read_text())
+        del stored["m1_head"]
+        (folder / "config.json").write_text(json.dumps(stored))
+
     # An m2 run made before m1_head existed (pinned: softmax) is the same m2 run under
     # today's default; an m1 run is not, and neither is an m2 run with other M2 fields.
-    training.prepare_run_dir(str(tmp_path / "m2"), training.TrainConfig(model="m2"))
-    path = tmp_path / "m2" / "config.json"
-    stored = json.loads(path.read_text())
-    del stored["m1_head"]
-    path.write_text(json.dumps(stored))
+    made_before_m1_head_existed(tmp_path / "m2", "m2")
     training.check_same_config(str(tmp_path / "m2"), training.TrainConfig(model="m2"))
     training.check_same_config(str(tmp_path / "m2"),
                                training.TrainConfig(model="m2", m1_epochs=7))
     with pytest.raises(ValueError, match="hidden_sizes"):
         training.check_same_config(str(tmp_path / "m2"),
                                    training.TrainConfig(model="m2", hidden_sizes=(7,)))
-    training.prepare_run_dir(str(tmp_path / "m1"), training.TrainConfig(model="m1"))
-    path = tmp_path / "m1" / "config.json"
-    stored = json.loads(path.read_text())
-    del stored["m1_head"]
-    path.write_text(json.dumps(stored))
+    made_before_m1_head_existed(tmp_path / "m1", "m1")
     with pytest.raises(ValueError, match="m1_head: 'softmax' there, 'spreading' now"):
         training.check_same_config(str(tmp_path / "m1"), training.TrainConfig(model="m1"))
     # A run on a finished M1 does not read how an M1 would be trained; one that trains
