@@ -37,6 +37,25 @@ def binary_batch(seed=1):
     return tf.constant(rng.integers(0, 2, size=(BATCH, DIM)), tf.float32)
 
 
+def test_bernoulli_log_prob_equals_tfps_on_binary_and_grey_pixels():
+    # The one-softplus log-density must be TFP's Bernoulli log_prob, also where
+    # |logits| is large (no cancellation) and where x broadcasts against them.
+    tfd = distributions.tfd
+    rng = np.random.default_rng(3)
+    logits = tf.constant(rng.normal(scale=10.0, size=(BATCH, 1, DIM)), tf.float32)
+    logits = tf.concat([logits, tf.fill([BATCH, 1, DIM], 40.0),
+                        tf.fill([BATCH, 1, DIM], -40.0)], axis=1)          # [3, 3, 7]
+    reference = tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1)
+    for x in (tf.constant(rng.integers(0, 2, size=(BATCH, 1, DIM)), tf.float32),
+              tf.constant(rng.uniform(size=(BATCH, 1, DIM)), tf.float32)):
+        ours = distributions.bernoulli(logits).log_prob(x)
+        assert ours.shape == (BATCH, 3)
+        np.testing.assert_allclose(ours.numpy(), reference.log_prob(x).numpy(),
+                                   rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(distributions.bernoulli(logits).mean().numpy(),
+                               tf.sigmoid(logits).numpy(), rtol=1e-6)
+
+
 def test_labeled_bound_matches_hand_computation():
     encoder, decoder = tiny_networks(sharp_posterior=True)
     x = binary_batch()
