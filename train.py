@@ -46,7 +46,8 @@ flags.DEFINE_string("model_dir", None, "Run directory (default: runs/<model>_<la
 flags.DEFINE_string("eval_split", "test", "Split whose error is reported at the end: "
                     "test, validation (= train[50000:]) or a TFDS split string.")
 flags.DEFINE_float("time_budget_minutes", None, "Stop after this much training time.")
-flags.DEFINE_integer("steps_per_execution", 50, "Train steps per compiled call.")
+flags.DEFINE_integer("steps_per_execution", 50,
+                     "Train steps per compiled call (looped inside one XLA call).")
 flags.DEFINE_bool("jit_compile", True, "XLA-compile the train step.")
 flags.DEFINE_integer("train_examples", None, "Use only the first N training images (smoke tests).")
 flags.DEFINE_integer("m1_epochs", 300, "Epochs of the M1 stage (m1, m1m2).")

@@ -25,6 +25,19 @@ class BoundModel(keras.Model):
         self.input_size = int(input_size)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in tracked}
+        self.steps_per_call = 1
+
+    def blocks(self, dataset, steps):
+        """Makes `train_step` run `steps` optimizer steps per call on `dataset`.
+
+        Returns the dataset of blocks to fit on: `steps` consecutive batches stacked
+        on a new leading axis (the last block of a pass may hold fewer).  Not under
+        a tf.distribute strategy, whose cross-replica update cannot sit in a loop.
+        """
+        if tf.distribute.has_strategy():
+            raise ValueError("blocks of steps run without a tf.distribute strategy only")
+        self.steps_per_call = int(steps)
+        return dataset.batch(self.steps_per_call) if self.steps_per_call > 1 else dataset
 
     @property
     def metrics(self):
@@ -51,6 +64,27 @@ class BoundModel(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, data):
+        """One optimizer step per batch, or `steps_per_call` of them per block.
+
+        With ``steps_per_call > 1`` (see `blocks`) `data` stacks that many batches on
+        a leading axis and the steps run in a `tf.while_loop` here, so that one
+        XLA-compiled call does them all.  Keras' own ``steps_per_execution`` loops
+        outside the compiled step instead; each call then reads and writes every
+        weight and Adam slot, which costs about 3 ms per M2 step on this CPU.
+        """
+        if self.steps_per_call == 1:
+            return self._train_one(data)
+        steps = tf.shape(tf.nest.flatten(data)[0])[0]
+
+        def body(step):
+            self._train_one(tf.nest.map_structure(lambda t: t[step], data))
+            return step + 1
+
+        # One step after another: each reads the weights the previous one wrote.
+        tf.while_loop(lambda step: step < steps, body, [tf.constant(0)], parallel_iterations=1)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def _train_one(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms = self.training_terms(x, y)

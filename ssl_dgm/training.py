@@ -422,8 +422,14 @@ def fit_stage(model, train_ds, validation_ds, stage_dir, config, epochs, steps_p
     """
     os.makedirs(stage_dir, exist_ok=True)
     schedule = learning_rate(config, epochs * steps_per_epoch)
+    steps_per_call = min(config.steps_per_execution, steps_per_epoch)
+    if tf.distribute.has_strategy():
+        keras_steps = steps_per_call  # Keras loops over compiled steps
+    else:
+        keras_steps = 1  # the model loops inside one compiled call
+        train_ds = model.blocks(train_ds, steps_per_call)
     model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=config.jit_compile,
-                  steps_per_execution=min(config.steps_per_execution, steps_per_epoch))
+                  steps_per_execution=keras_steps)
     model.optimizer.build(model.trainable_variables)
     checkpointing = Checkpointing(model, os.path.join(stage_dir, "checkpoints"),
                                   config.checkpoint_minutes)

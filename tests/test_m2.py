@@ -81,6 +81,33 @@ def test_train_steps_lower_the_objective_and_report_its_terms(jit_compile):
     assert np.argmax(model(x_l).numpy(), -1).tolist() == y_l.numpy().tolist()
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_blocks_of_steps_train_exactly_as_one_step_per_call(jit_compile):
+    # 7 batches in blocks of 3 (3 + 3 + 1, the last block shorter): the same seven
+    # optimizer steps, on the same data and random draws, as one step per call.
+    data = batch()
+    stream = tf.data.Dataset.range(7).map(  # another unlabeled batch at every step
+        lambda i: {**data, "unlabeled_x": tf.roll(data["unlabeled_x"], i, axis=0)})
+    reference = tiny_m2()
+    initial = [w.numpy() for w in reference.weights]
+    results = []
+    for steps in (1, 3):
+        model = tiny_m2()
+        for weight, value in zip(model.weights, initial):  # same start, same seed state
+            weight.assign(value)
+        model.compile(optimizer=keras.optimizers.Adam(0.05), jit_compile=jit_compile)
+        logs = model.fit(model.blocks(stream, steps), epochs=1, verbose=0).history
+        results.append(([w.numpy() for w in model.trainable_weights],
+                        int(model.optimizer.iterations), logs))
+    (plain, plain_steps, plain_logs), (blocked, blocked_steps, blocked_logs) = results
+    assert plain_steps == blocked_steps == 7
+    assert not np.allclose(plain[0], reference.trainable_weights[0].numpy(), atol=1e-2)
+    for a, b in zip(plain, blocked):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for name in ("loss", "unlabeled_bound", "classification"):
+        np.testing.assert_allclose(plain_logs[name], blocked_logs[name], rtol=1e-4)
+
+
 def test_test_step_error_matches_argmax_of_call():
     model = tiny_m2()
     model.compile(optimizer="adam")
