@@ -151,11 +151,15 @@ def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds, labeled_we
     """
     num_classes = model.num_classes
     one_hot = tf.one_hot(labels, num_classes, dtype=labeled_x.dtype)
+    # q(y|x) of both batches in one call: one matmul on twice the rows runs nearer
+    # this CPU's peak than two.
+    labeled_logits, unlabeled_logits = tf.split(
+        model.classifier(tf.concat([labeled_x, unlabeled_x], axis=0)),
+        [tf.shape(labeled_x)[0], -1])
     labeled = labeled_bound(labeled_x, one_hot, model.encoder, model.decoder,
                             model.make_likelihood, seeds[0])
-    unlabeled = unlabeled_bound(unlabeled_x, model.classifier(unlabeled_x), model.encoder,
+    unlabeled = unlabeled_bound(unlabeled_x, unlabeled_logits, model.encoder,
                                 model.decoder, model.make_likelihood, seeds[1])
-    labeled_logits = model.classifier(labeled_x)
     classification = classification_term(labeled_logits, labels)
     wrong = tf.not_equal(tf.argmax(labeled_logits, -1, output_type=labels.dtype), labels)
     labeled, unlabeled, classification, error = (
