@@ -58,10 +58,13 @@ class BoundModel(keras.Model):
     def evaluation_terms(self, x, y):
         return self.training_terms(x, y)
 
+    def _results(self):
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
     def _update(self, terms):
         for name, value in terms.items():
             self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self._results()
 
     def train_step(self, data):
         """One optimizer step per batch, or `steps_per_call` of them per block.
@@ -83,7 +86,7 @@ class BoundModel(keras.Model):
 
         # One step after another: each reads the weights the previous one wrote.
         tf.while_loop(lambda step: step < steps, body, [tf.constant(0)], parallel_iterations=1)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return self._results()
 
     def _train_one(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
