@@ -8,7 +8,7 @@ the K labels, jit-compiled -- and (b) ssl_dgm's M2 through `Model.fit` on the
 in-memory tf.data stream, both at the same sizes.  It also times M1 and M1+M2
 (codes encoded by M1 per step, and cached once per image, timed interleaved),
 counts the matmul FLOPs of each step from the layer shapes (backward = 2x
-forward), and probes this machine's fp32 matmul GFLOP/s, so each time can be read
+forward, 1x for a layer fed by data), and probes this machine's fp32 matmul GFLOP/s, so each time can be read
 as a fraction of what the CPU can do.  Numbers are medians over --repeats.
 """
 
@@ -55,21 +55,37 @@ def dense_flops(rows, widths):
 
 
 def m2_flops(b_l, b_u, d, hidden, clf_hidden, z, shared_first_layer, gaussian=False):
-    """Matmul FLOPs of one M2 training step (forward x 3 for backward)."""
+    """Matmul FLOPs of one M2 training step, backward included (see `train_flops`)."""
     out = 2 * d if gaussian else d
     h0 = hidden[0]
     rows = b_l + b_u * K
     enc = dense_flops(rows, list(hidden) + [2 * z])
-    dec = dense_flops(rows, list(hidden) + [out]) + 2 * rows * (z + K) * h0
-    x_rows = b_l + b_u if shared_first_layer else rows
-    enc += 2 * x_rows * d * h0 + 2 * rows * K * h0 * (0 if shared_first_layer else 1)
-    clf = dense_flops(b_l + b_u, [d] + list(clf_hidden) + [K])
-    return 3 * (enc + dec + clf)
+    dec = dense_flops(rows, list(hidden) + [out])
+    clf = dense_flops(b_l + b_u, list(clf_hidden) + [K])
+    fed = 2 * (b_l + b_u) * d * clf_hidden[0]  # x into the classifier
+    if shared_first_layer:
+        # x's part once per image; y's part for the labeled rows and once per label
+        # (a table the unlabeled rows share), in the encoder and the decoder.
+        fed += 2 * (b_l + b_u) * d * h0 + 2 * 2 * (b_l + K) * K * h0
+        dec += 2 * rows * z * h0
+    else:
+        # concat([x, y]) into the encoder, concat([z, y]) into the decoder.
+        fed += 2 * rows * (d + K) * h0
+        dec += 2 * rows * (z + K) * h0
+    return train_flops(enc + dec + clf, fed)
 
 
 def m1_flops(b, d, hidden, z):
-    return 3 * (dense_flops(b, [d] + list(hidden) + [2 * z]) +
-                dense_flops(b, [z] + list(hidden) + [d]))
+    fed = 2 * b * d * hidden[0]
+    return train_flops(dense_flops(b, list(hidden) + [2 * z]) +
+                       dense_flops(b, [z] + list(hidden) + [d]), fed)
+
+
+def train_flops(other, fed):
+    """Forward + backward FLOPs: a layer's backward costs two matmuls of its forward's
+    size (weight and input gradients), one for a layer fed by data (`fed`), whose
+    input needs no gradient; `other` counts the remaining layers' forward FLOPs."""
+    return 3 * other + 2 * fed
 
 
 def matmul_gflops(n=2048, repeats=20, dtype=tf.float32):
@@ -86,13 +102,13 @@ def matmul_gflops(n=2048, repeats=20, dtype=tf.float32):
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def naive_m2_step(hidden, clf_hidden, z, alpha):
+def naive_m2_step(hidden, clf_hidden, z, alpha, d=D):
     """A straightforward jit-compiled M2 step in plain TF ops (the reference point)."""
     def mlp(widths, out):
         return keras.Sequential([keras.layers.Dense(w, activation="softplus") for w in widths]
                                 + [keras.layers.Dense(out)])
 
-    encoder, decoder, classifier = mlp(hidden, 2 * z), mlp(hidden, D), mlp(clf_hidden, K)
+    encoder, decoder, classifier = mlp(hidden, 2 * z), mlp(hidden, d), mlp(clf_hidden, K)
     optimizer = keras.optimizers.Adam(1e-3)
 
     def bound(x, y, seed):
@@ -230,7 +246,7 @@ def main(argv):
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
         ("M1, ssl_dgm fit", m1_times, m1_flops(b_u, D, m1_hidden, z)),
         ("M1+M2, ssl_dgm fit (M2 1x500 on 50-d codes)", stacked_times,
-         m1_flops(b_l + b_u, D, m1_hidden, z) // 3
+         dense_flops(b_l + b_u, [D] + list(m1_hidden) + [2 * z])  # M1's encoder, forward
          + m2_flops(b_l, b_u, z, (500,), (500,), z, True, gaussian=True)),
         ("M1+M2, codes cached (q(z1|x) once per image, sampled per step)", cached_times,
          m2_flops(b_l, b_u, z, (500,), (500,), z, True, gaussian=True)),

@@ -184,3 +184,47 @@ def test_time_to_error_counts_the_m1_minutes_and_stops_at_the_budget(tmp_path):
     assert row["final_minutes"] == 122.5 and row["final_error"] == 2.5
     assert "| 3.33 | 2 (72.5) | 3.00 at 3 (≤ 120) | 2.50 (4, 122.5) |" in (
         tmp_path / "tte.md").read_text()
+
+
+def _traced_matmul_flops(step, *args):
+    """2·m·k·n summed over the MatMul ops of `step`'s traced graph."""
+    import tensorflow as tf
+
+    total = 0
+    for op in tf.function(step).get_concrete_function(*args).graph.get_operations():
+        if op.type == "MatMul":
+            a, b = op.inputs[0].shape, op.inputs[1].shape
+            m, k = (a[1], a[0]) if op.get_attr("transpose_a") else (a[0], a[1])
+            total += 2 * m * k * (b[0] if op.get_attr("transpose_b") else b[1])
+    return total
+
+
+def test_throughput_flop_counts_equal_the_matmuls_of_the_traced_steps():
+    import tensorflow as tf
+
+    from benchmarks import throughput
+    from ssl_dgm.m1 import M1
+    from ssl_dgm.m2 import M2
+
+    def gradients(model, *args):
+        def step(*args):
+            with tf.GradientTape() as tape:
+                loss = model.training_terms(*args)["loss"]
+            return tape.gradient(loss, model.trainable_variables)
+        return step
+
+    d, b_l, b_u = 6, 3, 4
+    x_l, x_u = tf.random.uniform([b_l, d]), tf.random.uniform([b_u, d])
+    m1 = M1(d, hidden_sizes=(5, 4), latent_size=2, seed=0)
+    m1.build()
+    assert _traced_matmul_flops(gradients(m1, x_u, None), x_u, None) == throughput.m1_flops(
+        b_u, d, (5, 4), 2)
+    m2 = M2(d, hidden_sizes=(5, 4), classifier_hidden_sizes=(7,), latent_size=2, seed=0, alpha=1.0)
+    m2.build()
+    batch = {"labeled_x": x_l, "labels": tf.constant([0, 1, 2]), "unlabeled_x": x_u}
+    assert _traced_matmul_flops(gradients(m2, batch, None), batch, None) == throughput.m2_flops(
+        b_l, b_u, d, (5, 4), (7,), 2, shared_first_layer=True)
+    # The reference step; its optimizer adds no matmuls.
+    plain = throughput.naive_m2_step((5, 4), (7,), 2, alpha=1.0, d=d).python_function
+    traced = _traced_matmul_flops(plain, x_l, tf.constant([0, 1, 2]), x_u, tf.constant([0, 0]))
+    assert traced == throughput.m2_flops(b_l, b_u, d, (5, 4), (7,), 2, shared_first_layer=False)
