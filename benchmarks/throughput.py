@@ -305,7 +305,8 @@ def main(argv):
                      f"{r['seconds_per_50k_epoch']:.1f} | {r['images_per_second']:.0f} | "
                      f"{r['gflop_per_step']:.2f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
     looped_ratio = ours / step_ms["M2, the same plain step, 50 steps looped in one XLA call"]
-    keras_loop_ratio = step_ms["M2, ssl_dgm fit, 50 steps per call through Keras' steps_per_execution"] / plain
+    keras_loop_ratio = step_ms[
+        "M2, ssl_dgm fit, 50 steps per call through Keras' steps_per_execution"] / plain
     bf16_ratio = step_ms["M2, ssl_dgm fit, mixed_bfloat16"] / ours
     cached_ratio = step_ms["M1+M2, codes cached"] / step_ms["M1+M2, ssl_dgm fit"]
     result["m2_ratio_ssl_dgm_over_plain_looped"] = looped_ratio
