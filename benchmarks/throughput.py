@@ -298,7 +298,8 @@ def main(argv):
              f"Sizes: hidden {hidden}, classifier {clf_hidden}, z {z}, "
              f"{b_l} labeled + {b_u} unlabeled images per step. Medians of {FLAGS.repeats} "
              f"repeats of {FLAGS.steps} steps; M2 variants timed interleaved.", "",
-             "| variant | ms/step | s per 50k-image epoch | images/s | GFLOP/step | of matmul peak |",
+             "| variant | ms/step | s per 50k-image epoch | images/s | GFLOP/step "
+             "| of matmul peak |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['ms_per_step']:.1f} | "
