@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ssl_dgm import data, objectives  # noqa: E402
+from ssl_dgm import data, objectives, training  # noqa: E402
 from ssl_dgm.m1 import M1  # noqa: E402
 from ssl_dgm.m2 import M2  # noqa: E402
 from ssl_dgm.stacked import M1M2  # noqa: E402
@@ -49,6 +49,8 @@ flags.DEFINE_string("output", "docs/throughput", "Writes OUTPUT.md and OUTPUT.js
 FLAGS = flags.FLAGS
 
 D, K, IMAGES_PER_EPOCH = 784, 10, 50000
+# Steps per compiled call, as training.fit_stage runs them by default.
+PER_CALL = training.TrainConfig().steps_per_execution
 
 
 def dense_flops(rows, widths):
@@ -169,6 +171,10 @@ def time_naive(step, x_l, y_l, x_u, steps, per_call=1):
     return (time.perf_counter() - start) / (steps // per_call * per_call)
 
 
+def median_ms(seconds):
+    return 1000 * statistics.median(seconds)
+
+
 class _Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
@@ -180,11 +186,11 @@ class _Timer(keras.callbacks.Callback):
 def time_fit(model, dataset, steps, repeats, jit_compile=True, blocks=True):
     """Seconds per step of `fit` over epochs of `steps` steps (first epoch = warm-up).
 
-    50 steps per compiled call, as `training.fit_stage` runs them: with `blocks`
+    `PER_CALL` steps per compiled call, as `training.fit_stage` runs them: with `blocks`
     inside the model's step (`BoundModel.blocks`), else through Keras'
     ``steps_per_execution`` (how ssl_dgm ran them until session 8).
     """
-    per_call = min(50, steps)
+    per_call = min(PER_CALL, steps)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile,
                   steps_per_execution=1 if blocks else per_call)
     timer = _Timer()
@@ -219,7 +225,7 @@ def main(argv):
     # XLA:CPU gains nothing from bfloat16 here; TF's oneDNN kernels (no XLA) do.
     bf16_gflops = matmul_gflops(dtype=tf.bfloat16)
     naive = naive_m2_step(hidden, clf_hidden, z, alpha)
-    per_call = min(50, FLAGS.steps)
+    per_call = min(PER_CALL, FLAGS.steps)
     naive_looped = looped(naive_m2_step(hidden, clf_hidden, z, alpha), per_call)
     m2 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
             alpha=alpha, seed=0)
@@ -256,11 +262,11 @@ def main(argv):
     for name, times, flops in [
         ("M2, plain XLA step (x repeated per label)", naive_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=False)),
-        ("M2, the same plain step, 50 steps looped in one XLA call", looped_times,
+        (f"M2, the same plain step, {PER_CALL} steps looped in one XLA call", looped_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=False)),
         ("M2, ssl_dgm fit", m2_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
-        ("M2, ssl_dgm fit, 50 steps per call through Keras' steps_per_execution "
+        (f"M2, ssl_dgm fit, {PER_CALL} steps per call through Keras' steps_per_execution "
          "(until session 8)", keras_loop_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
         ("M2, ssl_dgm fit, mixed_bfloat16 (oneDNN, no XLA)", bf16_times,
@@ -272,7 +278,7 @@ def main(argv):
         ("M1+M2, codes cached (q(z1|x) once per image, sampled per step)", cached_times,
          m2_flops(b_l, b_u, z, (500,), (500,), z, True, gaussian=True)),
     ]:
-        ms = 1000 * statistics.median(times)
+        ms = median_ms(times)
         steps_per_epoch = IMAGES_PER_EPOCH // b_u
         rows.append({"variant": name, "ms_per_step": ms,
                      "seconds_per_50k_epoch": ms * steps_per_epoch / 1000,
@@ -280,8 +286,7 @@ def main(argv):
                      "gflop_per_step": flops / 1e9,
                      "fraction_of_matmul_peak": flops / (ms / 1000) / 1e9 / gflops,
                      "all_ms": [1000 * t for t in times]})
-    step_ms = {r["variant"].split(" (")[0]: r["ms_per_step"] for r in rows}
-    plain, ours = step_ms["M2, plain XLA step"], step_ms["M2, ssl_dgm fit"]
+    plain, ours = median_ms(naive_times), median_ms(m2_times)
     ratio = ours / plain
     command = command_line()
     result = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -303,11 +308,10 @@ def main(argv):
         lines.append(f"| {r['variant']} | {r['ms_per_step']:.1f} | "
                      f"{r['seconds_per_50k_epoch']:.1f} | {r['images_per_second']:.0f} | "
                      f"{r['gflop_per_step']:.2f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
-    looped_ratio = ours / step_ms["M2, the same plain step, 50 steps looped in one XLA call"]
-    keras_loop_ratio = step_ms[
-        "M2, ssl_dgm fit, 50 steps per call through Keras' steps_per_execution"] / plain
-    bf16_ratio = step_ms["M2, ssl_dgm fit, mixed_bfloat16"] / ours
-    cached_ratio = step_ms["M1+M2, codes cached"] / step_ms["M1+M2, ssl_dgm fit"]
+    looped_ratio = ours / median_ms(looped_times)
+    keras_loop_ratio = median_ms(keras_loop_times) / plain
+    bf16_ratio = median_ms(bf16_times) / ours
+    cached_ratio = median_ms(cached_times) / median_ms(stacked_times)
     result["m2_ratio_ssl_dgm_over_plain_looped"] = looped_ratio
     result["m2_ratio_keras_loop_over_plain"] = keras_loop_ratio
     result["m2_ratio_bfloat16_over_float32"] = bf16_ratio
