@@ -6,7 +6,8 @@ For M2 it times, in one process and interleaved, (a) a straightforward M2 step
 written with plain TF ops -- encoder on concat([x, y]) with x repeated for each of
 the K labels, jit-compiled -- called once per step and also looped 50 steps per
 XLA call, and (b) ssl_dgm's M2 through `Model.fit` on the in-memory tf.data
-stream (50 steps per XLA call), all at the same sizes.  It also times M1 and M1+M2
+stream (50 steps per XLA call), all at the same sizes, and ssl_dgm's M2 as it was
+before its softplus reused its exp in the gradient (`distributions.softplus`).  It also times M1 and M1+M2
 (codes encoded by M1 per step, and cached once per image, timed interleaved),
 counts the matmul FLOPs of each step from the layer shapes (backward = 2x
 forward, 1x for a layer fed by data), and probes this machine's fp32 matmul
@@ -14,6 +15,7 @@ GFLOP/s, so each time can be read as a fraction of what the CPU can do.  Numbers
 are medians over --repeats.
 """
 
+import contextlib
 import math
 import os
 import platform
@@ -31,7 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ssl_dgm import data, objectives, training  # noqa: E402
+from ssl_dgm import data, distributions, objectives, training  # noqa: E402
 from ssl_dgm.m1 import M1  # noqa: E402
 from ssl_dgm.m2 import M2  # noqa: E402
 from ssl_dgm.stacked import M1M2  # noqa: E402
@@ -171,6 +173,18 @@ def time_naive(step, x_l, y_l, x_u, steps, per_call=1):
     return (time.perf_counter() - start) / (steps // per_call * per_call)
 
 
+@contextlib.contextmanager
+def tf_softplus():
+    """Likelihoods traced meanwhile use `tf.nn.softplus`, as ssl_dgm's did until session 10
+    (give the model ``activation=tf.nn.softplus`` too, for its hidden layers)."""
+    ours = distributions.softplus
+    distributions.softplus = tf.nn.softplus
+    try:
+        yield
+    finally:
+        distributions.softplus = ours
+
+
 def median_ms(seconds):
     return 1000 * statistics.median(seconds)
 
@@ -230,6 +244,9 @@ def main(argv):
     m2 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
             alpha=alpha, seed=0)
     m2.build()
+    m2_tf_softplus = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden,
+                        latent_size=z, alpha=alpha, activation=tf.nn.softplus, seed=0)
+    m2_tf_softplus.build()
     m2_bf16 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
                  alpha=alpha, precision="mixed_bfloat16", seed=0)
     m2_bf16.build()
@@ -246,11 +263,14 @@ def main(argv):
                                                  b_l, b_u, seed=0, binarized=False)
 
     naive_times, looped_times, m2_times, keras_loop_times, bf16_times = [], [], [], [], []
+    tf_softplus_times = []
     for _ in range(FLAGS.repeats):  # interleaved, so all see the same machine load
         naive_times.append(time_naive(naive, x_l, y_l, x_u, FLAGS.steps))
         looped_times.append(time_naive(naive_looped, x_l, y_l, x_u, FLAGS.steps, per_call))
         m2_times += time_fit(m2, stream, FLAGS.steps, 1)
         keras_loop_times += time_fit(m2, stream, FLAGS.steps, 1, blocks=False)
+        with tf_softplus():
+            tf_softplus_times += time_fit(m2_tf_softplus, stream, FLAGS.steps, 1)
         bf16_times += time_fit(m2_bf16, stream, FLAGS.steps, 1, jit_compile=False)
     m1_times = time_fit(m1, unlabeled_stream, FLAGS.steps, FLAGS.repeats)
     stacked_times, cached_times = [], []
@@ -268,6 +288,9 @@ def main(argv):
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
         (f"M2, ssl_dgm fit, {PER_CALL} steps per call through Keras' steps_per_execution "
          "(until session 8)", keras_loop_times,
+         m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
+        ("M2, ssl_dgm fit with tf.nn.softplus, whose gradient computes exp again "
+         "(until session 10)", tf_softplus_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
         ("M2, ssl_dgm fit, mixed_bfloat16 (oneDNN, no XLA)", bf16_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
@@ -310,15 +333,20 @@ def main(argv):
                      f"{r['gflop_per_step']:.2f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
     looped_ratio = ours / median_ms(looped_times)
     keras_loop_ratio = median_ms(keras_loop_times) / plain
+    tf_softplus_ratio = median_ms(tf_softplus_times) / plain
     bf16_ratio = median_ms(bf16_times) / ours
     cached_ratio = median_ms(cached_times) / median_ms(stacked_times)
     result["m2_ratio_ssl_dgm_over_plain_looped"] = looped_ratio
     result["m2_ratio_keras_loop_over_plain"] = keras_loop_ratio
+    result["m2_ratio_tf_softplus_over_plain"] = tf_softplus_ratio
+    result["m2_ratio_ssl_dgm_over_tf_softplus"] = ours / median_ms(tf_softplus_times)
     result["m2_ratio_bfloat16_over_float32"] = bf16_ratio
     result["m1m2_ratio_cached_over_per_step"] = cached_ratio
     lines += ["", f"ssl_dgm M2 step / plain XLA M2 step: **{ratio:.2f}×** "
               f"({keras_loop_ratio:.2f}× with Keras' steps_per_execution loop; "
-              f"{looped_ratio:.2f}× against the plain step looped as ssl_dgm loops its own); "
+              f"{looped_ratio:.2f}× against the plain step looped as ssl_dgm loops its own; "
+              f"{tf_softplus_ratio:.2f}× with tf.nn.softplus, so that change alone: "
+              f"{result['m2_ratio_ssl_dgm_over_tf_softplus']:.2f}×); "
               f"mixed_bfloat16 step / float32 XLA step: **{bf16_ratio:.2f}×**; "
               f"M1+M2 step with cached codes / with M1's encoder per step: "
               f"**{cached_ratio:.2f}×** (M1+M2 variants timed interleaved)", ""]

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import keras
 
+from ssl_dgm import distributions
+
 
 class MLP(keras.layers.Layer):
     """Multi-input perceptron, applied on the last axis of broadcastable inputs.
@@ -21,7 +23,8 @@ class MLP(keras.layers.Layer):
         a linear map.
       output_size: width of the (linear) output.
       num_inputs: how many tensors `call` receives; their projections are summed.
-      activation: hidden activation (the paper uses softplus).
+      activation: hidden activation (the paper uses softplus; ``"softplus"`` is
+        `distributions.softplus`, whose gradient reuses its forward pass's exp).
       output_bias: optional initial value of the output bias (e.g. the logit of
         the mean pixel for a Bernoulli decoder), a float or a vector.
     """
@@ -32,7 +35,8 @@ class MLP(keras.layers.Layer):
         super().__init__(**kwargs)
         hidden_sizes = tuple(int(h) for h in hidden_sizes)
         widths = hidden_sizes + (int(output_size),)
-        self.activation = keras.activations.get(activation)
+        self.activation = (distributions.softplus if activation == "softplus"
+                           else keras.activations.get(activation))
         self.num_inputs = num_inputs
         bias_init = ("zeros" if output_bias is None
                      else keras.initializers.Constant(output_bias))

@@ -115,14 +115,16 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "tp.json").read_text())
-    assert len(result["rows"]) == 8 and result["matmul_gflops_2048"] > 0
+    assert len(result["rows"]) == 9 and result["matmul_gflops_2048"] > 0
     assert result["bfloat16_matmul_gflops_2048"] > 0
     ms = [row["ms_per_step"] for row in result["rows"]]
     assert result["m2_ratio_ssl_dgm_over_plain"] == ms[2] / ms[0]
     assert result["m2_ratio_ssl_dgm_over_plain_looped"] == ms[2] / ms[1]
     assert result["m2_ratio_keras_loop_over_plain"] == ms[3] / ms[0]
-    assert result["m2_ratio_bfloat16_over_float32"] == ms[4] / ms[2]
-    assert result["m1m2_ratio_cached_over_per_step"] == ms[7] / ms[6]
+    assert result["m2_ratio_tf_softplus_over_plain"] == ms[4] / ms[0]
+    assert result["m2_ratio_ssl_dgm_over_tf_softplus"] == ms[2] / ms[4]
+    assert result["m2_ratio_bfloat16_over_float32"] == ms[5] / ms[2]
+    assert result["m1m2_ratio_cached_over_per_step"] == ms[8] / ms[7]
     assert all(r["ms_per_step"] > 0 for r in result["rows"])
     assert "--steps=2" in (tmp_path / "tp.md").read_text()
 
@@ -229,3 +231,21 @@ def test_throughput_flop_counts_equal_the_matmuls_of_the_traced_steps():
     plain = throughput.naive_m2_step((5, 4), (7,), 2, alpha=1.0, d=d).python_function
     traced = _traced_matmul_flops(plain, x_l, tf.constant([0, 1, 2]), x_u, tf.constant([0, 0]))
     assert traced == throughput.m2_flops(b_l, b_u, d, (5, 4), (7,), 2, shared_first_layer=False)
+
+
+def test_throughput_tf_softplus_row_traces_tfs_softplus_and_restores_ours():
+    import tensorflow as tf
+
+    from benchmarks import throughput
+    from ssl_dgm import distributions
+
+    def op_types(x):
+        graph = tf.function(lambda l: distributions.bernoulli(l).log_prob(x)).get_concrete_function(
+            tf.TensorSpec([2, 3])).graph
+        return {op.type for op in graph.get_operations()}
+
+    ours = distributions.softplus
+    x = tf.constant([[0.0, 1.0, 1.0], [1.0, 0.0, 0.5]])
+    with throughput.tf_softplus():
+        assert "Softplus" in op_types(x)
+    assert distributions.softplus is ours and "Softplus" not in op_types(x)

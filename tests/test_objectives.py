@@ -56,6 +56,37 @@ def test_bernoulli_log_prob_equals_tfps_on_binary_and_grey_pixels():
                                tf.sigmoid(logits).numpy(), rtol=1e-6)
 
 
+def test_softplus_and_its_gradient_equal_tfs_from_tiny_to_huge_inputs():
+    # The gradient reuses the forward pass's exp(-|x|): it must still be sigmoid(x)
+    # on both sides of 0 and where exp underflows or softplus(x) = x.
+    x = tf.constant([-200.0, -90.0, -30.0, -3.0, -1e-3, 0.0, 1e-3, 0.7, 5.0, 30.0, 200.0])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, reference = distributions.softplus(x), tf.nn.softplus(x)
+        weighted = tf.reduce_sum(ours * tf.range(1.0, 12.0))
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(tape.gradient(ours, x).numpy(), tf.sigmoid(x).numpy(),
+                               rtol=1e-6, atol=0)
+    # The upstream gradient is applied element by element.
+    np.testing.assert_allclose(tape.gradient(weighted, x).numpy(),
+                               (tf.sigmoid(x) * tf.range(1.0, 12.0)).numpy(), rtol=1e-6)
+    # The hidden layers run it in bfloat16 under mixed precision.
+    half = distributions.softplus(tf.cast(x, tf.bfloat16))
+    assert half.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(half, tf.float32).numpy(), reference.numpy(), rtol=1e-2)
+
+
+def test_bernoulli_log_prob_gradient_is_x_minus_sigmoid():
+    rng = np.random.default_rng(4)
+    logits = tf.constant(rng.normal(scale=10.0, size=(BATCH, DIM)), tf.float32)
+    x = tf.constant(rng.uniform(size=(BATCH, DIM)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        log_p = tf.reduce_sum(distributions.bernoulli(logits).log_prob(x))
+    np.testing.assert_allclose(tape.gradient(log_p, logits).numpy(),
+                               (x - tf.sigmoid(logits)).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_labeled_bound_matches_hand_computation():
     encoder, decoder = tiny_networks(sharp_posterior=True)
     x = binary_batch()
