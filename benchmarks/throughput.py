@@ -7,12 +7,12 @@ written with plain TF ops -- encoder on concat([x, y]) with x repeated for each 
 the K labels, jit-compiled -- called once per step and also looped 50 steps per
 XLA call, and (b) ssl_dgm's M2 through `Model.fit` on the in-memory tf.data
 stream (50 steps per XLA call), all at the same sizes, and ssl_dgm's M2 as it was
-before its softplus reused its exp in the gradient (`distributions.softplus`).  It also times M1 and M1+M2
-(codes encoded by M1 per step, and cached once per image, timed interleaved),
-counts the matmul FLOPs of each step from the layer shapes (backward = 2x
-forward, 1x for a layer fed by data), and probes this machine's fp32 matmul
-GFLOP/s, so each time can be read as a fraction of what the CPU can do.  Numbers
-are medians over --repeats.
+before its softplus reused its exp in the gradient (`distributions.softplus`).  It
+also times M1 and M1+M2 (codes encoded by M1 per step, and cached once per image,
+timed interleaved), counts the matmul FLOPs of each step from the layer shapes
+(backward = 2x forward, 1x for a layer fed by data), and probes this machine's fp32
+matmul GFLOP/s, so each time can be read as a fraction of what the CPU can do.
+Numbers are medians over --repeats.
 """
 
 import contextlib
