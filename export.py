@@ -21,6 +21,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from ssl_dgm import quiet
+    quiet.quiet_tensorflow(verbose=FLAGS["verbosity"].present)
     from ssl_dgm import serving
 
     try:

@@ -1,148 +1,167 @@
-"""Trains M1, M2 or M1+M2 semi-supervised on MNIST and reports the error.
+"""Trains M1, M2 or M1+M2 semi-supervised and reports the classification error.
 
-    python train.py --model=m2 --labels=100 --eval_split=validation
     python train.py --model=m1m2 --labels=100 --eval_split=validation
+    python train.py --model=m2 --labels=600 --set m2.optimization.learning_rate=3e-4
 
-Run directory layout: see ssl_dgm/training.py.  Rerun the same command to resume.
-A few defaults differ by model (the help says which; `training.MODEL_DEFAULTS`):
-a flag given on the command line always wins.
+`--model` names a preset (`ssl_dgm.presets`); the flags below override it, and
+`--config_file` / `--set` reach any other field of the composed config
+(`--print_config` shows it).  Rerun the same command to resume a run.
 """
 
-import dataclasses
+import json
 import os
 import shlex
 import sys
+import time
 
 from absl import app, flags
 
-flags.DEFINE_enum("model", "m2", ["m1", "m2", "m1m2"], "Which model of the paper to train.")
-flags.DEFINE_integer("labels", 100, "Labeled training images N (a multiple of 10 on MNIST).")
-flags.DEFINE_integer("epochs", 200, "Passes over the 50000 unlabeled training images "
-                     "(--model=m1m2: 600).")
-flags.DEFINE_integer("batch_size", 100, "Unlabeled images per step.")
-flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam's initial learning rate.")
-flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine", "cosine_time"],
-                  "Learning-rate schedule: cosine decays to 0 over --epochs, cosine_time "
-                  "over --time_budget_minutes of training.")
-flags.DEFINE_float("alpha", None, "Weight of -log q(y|x) per labeled example. "
-                   "Default: the paper's 0.1*N per labeled example, 0.1*50000/labels.")
-flags.DEFINE_string("labeled_weight", "1", "Weight of a labeled example's terms against an "
-                    "unlabeled example's U per step: a number, or 'paper' for N_l / N_u "
-                    "(every example once per pass, as the paper's sums). "
-                    "--model=m1m2: 0.1.")
-flags.DEFINE_list("hidden_sizes", ["500", "500"], "Encoder/decoder hidden widths "
-                  "(--model=m1m2: 500).")
-flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"],
-                  "q(y|x) hidden widths (--model=m1m2: 500).")
-flags.DEFINE_integer("latent_size", 50, "Dimension of z.")
-flags.DEFINE_string("activation", "softplus", "Hidden activation.")
-flags.DEFINE_bool("binarize", True, "Dynamic binarisation of pixels (fresh sample per batch).")
-flags.DEFINE_integer("seed", 0, "Seeds the labeled subset, data order and model RNG.")
-flags.DEFINE_string("dataset", "mnist", "TFDS dataset name.")
-flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"),
-                    "TFDS data folder (default: $TFDS_DATA_DIR, else TFDS's own).")
-flags.DEFINE_string("model_dir", None, "Run directory (default: runs/<model>_<labels>_seed<seed>).")
-flags.DEFINE_string("eval_split", "test", "Split whose error is reported at the end: "
-                    "test, validation (= train[50000:]) or a TFDS split string.")
-flags.DEFINE_float("time_budget_minutes", None, "Stop after this much training time.")
-flags.DEFINE_integer("steps_per_execution", 50,
-                     "Train steps per compiled call (looped inside one XLA call).")
-flags.DEFINE_bool("jit_compile", True, "XLA-compile the train step.")
-flags.DEFINE_integer("train_examples", None, "Use only the first N training images (smoke tests).")
-flags.DEFINE_integer("m1_epochs", 300, "Epochs of the M1 stage (m1, m1m2).")
-flags.DEFINE_enum("m1_lr_schedule", None, ["constant", "cosine", "cosine_time"],
-                  "The M1 stage's --lr_schedule (default: the same as --lr_schedule), e.g. "
-                  "cosine over --m1_epochs while M2 uses cosine_time (m1, m1m2).")
-flags.DEFINE_list("m1_hidden_sizes", ["600", "600"], "M1 encoder/decoder hidden widths.")
-flags.DEFINE_integer("m1_latent_size", 50, "Dimension of M1's latent z1.")
-flags.DEFINE_integer("m1_kl_warmup_epochs", 0, "Epochs over which M1's KL weight rises "
-                     "from 0 to 1 (0: the plain ELBO throughout; "
-                     "--model=m1m2: 50).")
-flags.DEFINE_string("m1_dir", None, "Reuse the finished M1 in this folder (e.g. runs/X/m1).")
-flags.DEFINE_enum("m1_codes", "per_step", ["per_step", "cached"],
-                  "M1+M2's training codes: M1's encoder on every batch, or q(z1|x) of "
-                  "every training image computed once (grey levels) and sampled per "
-                  "step, as the original code did (m1m2).")
-flags.DEFINE_enum("m1_head", "spreading", ["spreading", "softmax"],
-                  "Classifier on M1's codes (m1): label spreading over all training "
-                  "codes (transductive, like the paper's TSVM) or a softmax regression on "
-                  "the labeled codes.")
-flags.DEFINE_integer("spreading_neighbours", 10, "Graph neighbours of the spreading head (m1).")
-flags.DEFINE_float("spreading_alpha", 0.99, "Label spreading's alpha in (0, 1) (m1).")
-flags.DEFINE_integer("head_steps", 500, "Full-batch steps of M1's softmax head (m1).")
-flags.DEFINE_float("head_learning_rate", 1e-2, "Adam step size of M1's softmax head (m1).")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                  "tf.distribute strategy: one device, all local devices, or the cluster "
-                  "in TF_CONFIG. Batch sizes are global.")
-flags.DEFINE_float("checkpoint_minutes", 10.0,
-                   "Also checkpoint within an epoch after this many training minutes.")
+from ssl_dgm import configs, overrides, presets
+
+# Flags that set one config field each: (flag, help, the field's path). "STAGE" is the
+# stage the model trains last: m2 for m2 and m1m2, m1 for m1.
+FIELD_FLAGS = [
+    ("epochs", "Epochs of the last stage (M2; --model=m1: M1).", "STAGE.optimization.epochs"),
+    ("learning_rate", "Adam's initial learning rate, of every stage.",
+     "*.optimization.learning_rate"),
+    ("lr_schedule", "Last stage's schedule: constant, cosine, cosine_time.",
+     "STAGE.optimization.lr_schedule"),
+    ("time_budget_minutes", "Stop the last stage after this much training time.",
+     "STAGE.optimization.time_budget_minutes"),
+    ("alpha", "Weight of -log q(y|x) per labeled example (none: the paper's "
+     "0.1*N_images/N_labels).", "m2.alpha"),
+    ("labeled_weight", "Weight of a labeled example's terms against an unlabeled one's per "
+     "step: a number, or 'paper' for N_l / N_u.", "m2.labeled_weight"),
+    ("hidden_sizes", "Hidden widths of the last stage's encoder/decoder, e.g. 500,500.",
+     "STAGE.hidden_sizes"),
+    ("classifier_hidden_sizes", "q(y|x) hidden widths.", "m2.classifier_hidden_sizes"),
+    ("latent_size", "Dimension of the last stage's z.", "STAGE.latent_size"),
+    ("m1_epochs", "Epochs of the M1 stage.", "m1.optimization.epochs"),
+    ("m1_dir", "Use the finished M1 in this folder (a run's m1/) instead of training one.",
+     "m1_dir"),
+    ("dataset", "TFDS image classification dataset.", "data.dataset"),
+    ("data_dir", "TFDS data folder (default: $TFDS_DATA_DIR, else TFDS's own).",
+     "data.data_dir"),
+    ("eval_split", "Split reported at the end: test, validation (the held-out end of train) "
+     "or a TFDS split.", "data.eval_split"),
+    ("train_examples", "Use only the first N training images.", "data.train_examples"),
+    ("batch_size", "Unlabeled images per step.", "data.batch_size"),
+    ("labeled_batch_size", "Labeled images per step.", "data.labeled_batch_size"),
+    ("strategy", "tf.distribute strategy: default, mirrored, multi_worker (TF_CONFIG).",
+     "runtime.strategy"),
+    ("steps_per_execution", "Train steps per compiled call.", "runtime.steps_per_execution"),
+    ("checkpoint_minutes", "Also checkpoint within an epoch after this many minutes.",
+     "runtime.checkpoint_minutes"),
+]
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """Defines train.py's flags on `flag_values` (tests parse a fresh set)."""
+    def define(kind, name, default, help_, *args):
+        getattr(flags, f"DEFINE_{kind}")(name, default, *args, help_, flag_values=flag_values)
+
+    define("enum", "model", "m2", "Preset to train (ssl_dgm/presets.py).", list(presets.PRESETS))
+    define("integer", "labels", 100, "Labeled training images N (a multiple of the classes).")
+    define("integer", "seed", 0, "Seeds the labeled subset, data order and model RNG.")
+    define("string", "model_dir", None, "Run folder (default: runs/<model>_<labels>_seed<seed>).")
+    define("string", "config_file", None, "JSON file of config fields to override, nested as "
+           "in a run's config.json (e.g. {\"m2\": {\"alpha\": 5}}).")
+    define("multi_string", "set", [], "Override any config field: --set m2.latent_size=20 "
+           "(repeatable; dotted paths as in config.json).")
+    define("bool", "print_config", False, "Print the composed config and exit.")
+    for name, help_, _ in FIELD_FLAGS:
+        define("string", name, None, help_)
+
 
 FLAGS = flags.FLAGS
 
 
-def labeled_weight_from_flag(value):
-    if value == "paper":
-        return None
+def field_paths(config, pattern):
+    """The config fields a flag's `pattern` names in `config`."""
+    stage = "m2" if config.m2 is not None else "m1"
+    if pattern.startswith("*."):
+        return [f"{name}.{pattern[2:]}" for name, _ in config.stages]
+    return [pattern.replace("STAGE", stage)]
+
+
+def compose(flag_values):
+    """The config of a command: preset, then --config_file, the flags, then --set.
+
+    Raises:
+      ValueError: one line naming the flag (or file) and what is wrong.
+    """
+    config = presets.get(flag_values.model, labels=flag_values.labels, seed=flag_values.seed)
+    if flag_values.config_file:
+        try:
+            with open(flag_values.config_file) as f:
+                fields = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--config_file {flag_values.config_file}: {error}") from None
+        try:
+            config = overrides.override(config, overrides.leaf_paths(fields))
+        except configs.ConfigError as error:
+            raise ValueError(f"--config_file {flag_values.config_file}: {error}") from None
+    updates, origin = {}, {}
+    data_dir = flag_values.data_dir or os.environ.get("TFDS_DATA_DIR")
+    for name, _, pattern in FIELD_FLAGS:
+        value = data_dir if name == "data_dir" else flag_values[name].value
+        if value is None:
+            continue
+        if name == "labeled_weight" and value == "paper":
+            value = "none"
+        for path in field_paths(config, pattern):
+            updates[path], origin[path] = value, f"--{name}"
+    for item in flag_values.set:
+        path, equals, value = item.partition("=")
+        if not equals:
+            raise ValueError(f"--set {item!r} needs the form section.field=value")
+        updates[path.strip()], origin[path.strip()] = value.strip(), f"--set {path.strip()}"
     try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"--labeled_weight must be a number or 'paper', got {value!r}") from None
-
-
-def config_from_flags():
-    """The TrainConfig of the flags; a flag the command does not set takes the
-    model's own default where it has one (`training.MODEL_DEFAULTS`)."""
-    from ssl_dgm.training import MODEL_DEFAULTS, TrainConfig
-
-    config = TrainConfig(
-        model=FLAGS.model, labels=FLAGS.labels, epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size, labeled_batch_size=FLAGS.labeled_batch_size,
-        learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule, alpha=FLAGS.alpha,
-        labeled_weight=labeled_weight_from_flag(FLAGS.labeled_weight),
-        hidden_sizes=tuple(int(h) for h in FLAGS.hidden_sizes),
-        classifier_hidden_sizes=tuple(int(h) for h in FLAGS.classifier_hidden_sizes),
-        latent_size=FLAGS.latent_size, activation=FLAGS.activation, binarize=FLAGS.binarize,
-        seed=FLAGS.seed, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-        eval_split=FLAGS.eval_split, time_budget_minutes=FLAGS.time_budget_minutes,
-        steps_per_execution=FLAGS.steps_per_execution, jit_compile=FLAGS.jit_compile,
-        train_examples=FLAGS.train_examples, m1_epochs=FLAGS.m1_epochs,
-        m1_lr_schedule=FLAGS.m1_lr_schedule,
-        m1_hidden_sizes=tuple(int(h) for h in FLAGS.m1_hidden_sizes),
-        m1_latent_size=FLAGS.m1_latent_size, m1_kl_warmup_epochs=FLAGS.m1_kl_warmup_epochs,
-        m1_dir=FLAGS.m1_dir, m1_codes=FLAGS.m1_codes, m1_head=FLAGS.m1_head,
-        spreading_neighbours=FLAGS.spreading_neighbours,
-        spreading_alpha=FLAGS.spreading_alpha, head_steps=FLAGS.head_steps,
-        head_learning_rate=FLAGS.head_learning_rate,
-        strategy=FLAGS.strategy, checkpoint_minutes=FLAGS.checkpoint_minutes)
-    unset = {name: value for name, value in MODEL_DEFAULTS.get(config.model, {}).items()
-             if not FLAGS[name].present}
-    return dataclasses.replace(config, **unset)
+        return overrides.override(config, updates)
+    except configs.ConfigError as error:
+        flag = next((origin[p] for p in sorted(origin, key=len, reverse=True)
+                     if error.path.startswith(p) or p.startswith(error.path + ".")), None)
+        if flag is None:
+            raise ValueError(str(error)) from None
+        raise ValueError(f"{flag}: {error.path} {error.message}") from None
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from ssl_dgm import training
-
     try:
-        config = config_from_flags()
-        model_dir = FLAGS.model_dir or os.path.join(
-            "runs", f"{config.model}_{config.labels}_seed{config.seed}")
-        command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
-        results = training.run(config, model_dir, command)
+        config = compose(FLAGS)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if FLAGS.print_config:
+        print(json.dumps(configs.to_dict(config), indent=2))
+        return 0
+    from ssl_dgm import quiet
+    quiet.quiet_tensorflow(verbose=FLAGS["verbosity"].present)
+    from ssl_dgm.train import pipeline
+
+    model_dir = FLAGS.model_dir or os.path.join(
+        "runs", f"{FLAGS.model}_{config.data.labels}_seed{config.seed}")
+    command = " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+    started = time.perf_counter()
+    try:
+        results = pipeline.run(config, model_dir, command)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    split = results["eval_split"]
     grayscale = results.get("eval_error_grayscale")
-    print(f"{config.model} with {config.labels} labels: {config.eval_split} error "
-          f"{100 * results['eval_error']:.2f}% (validation {100 * results['validation_error']:.2f}%)"
-          + (f", on grayscale inputs {100 * grayscale:.2f}%" if grayscale is not None else "")
-          + f" after {results['epochs_done']} epochs, {results['total_train_minutes']:.1f} min "
-          f"of training; "
-          f"run directory {model_dir}")
+    print(f"{FLAGS.model}, {results['labels']} labels: {split} error "
+          f"{100 * results['eval_error']:.2f}%"
+          + (f" (grey levels {100 * grayscale:.2f}%)" if grayscale is not None else "")
+          + (f", validation {100 * results['validation_error']:.2f}%"
+             if split != "validation" else "")
+          + f"; {results['epochs_done']} epochs, {results['total_train_minutes']:.1f} training "
+          f"min, {(time.perf_counter() - started) / 60:.1f} min wall; run folder {model_dir}")
     return 0
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,6 +1,6 @@
 """Measures the exported SavedModels and writes their model card.
 
-    python benchmarks/model_card.py --model_dir=RUN --export_dir=saved_models
+    python -m benchmarks.model_card --model_dir=RUN --export_dir=saved_models
 
 Loads ``classifier`` and ``generator`` (newest versions) with `tf.saved_model.load`
 only, then measures:
@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 from absl import app, flags
@@ -27,8 +26,7 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.records import command_line  # noqa: E402
+from benchmarks.records import command_line
 
 flags.DEFINE_string("model_dir", None, "The run that was exported.", required=True)
 flags.DEFINE_string("export_dir", "saved_models", "Folder with classifier/ and generator/.")
@@ -92,12 +90,12 @@ def main(argv):
             commands += open(path).read().strip().splitlines()
     size_mb = sum(os.path.getsize(os.path.join(d, f)) for base in (classifier_dir, generator_dir)
                   for d, _, files in os.walk(base) for f in files) / 2 ** 20
-    command = command_line()
+    command = command_line("benchmarks.model_card")
     card = {
         "measured_by": command, "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}",
         "run": run, "training_commands": commands, "model": config["model"],
-        "labels": config["labels"], "seed": config["seed"],
+        "labels": config["data"]["labels"], "seed": config["seed"],
         "validation_error": results["validation_error"],
         "classifier": classifier_dir, "generator": generator_dir, "size_mb": size_mb,
         "class_consistency": float(consistency.mean()),
@@ -106,7 +104,7 @@ def main(argv):
     }
     lines = [
         "# Model card: ssl_dgm pretrained models", "",
-        f"* Model: **{config['model']}** with **{config['labels']}** labels, seed "
+        f"* Model: **{config['model']}** with **{config['data']['labels']}** labels, seed "
         f"{config['seed']}; validation error (train[50000:]) "
         f"**{100 * results['validation_error']:.2f}%**.",
         f"* Trained by (in `{run}`): " + "; ".join(f"`{c}`" for c in commands),

@@ -1,7 +1,7 @@
 """Copies generated reports into README.md and docs/experiments.md, so their numbers
 are never typed by hand.
 
-    python benchmarks/readme_blocks.py
+    python -m benchmarks.readme_blocks
 
 Every block ``<!-- begin: PATH -->`` ... ``<!-- end: PATH -->`` in those files is
 replaced by the current contents of PATH (a report a benchmark wrote; PATH is

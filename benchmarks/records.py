@@ -14,9 +14,11 @@ def read_history(path):
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def command_line():
-    """The running command, as a shell would retype it."""
-    return " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+def command_line(module=None):
+    """The running command, as a shell would retype it: ``python -m MODULE ...`` for a
+    module run with -m (whose argv[0] would be its file's absolute path)."""
+    program = ["-m", module] if module else [sys.argv[0]]
+    return " ".join(["python", *program, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
 def write_report(output, text, record):

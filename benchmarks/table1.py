@@ -1,182 +1,196 @@
-"""Regenerates the paper's Table 1 (MNIST, N labels) with ssl_dgm, resumably.
+"""Regenerates the paper's Table 1 with ssl_dgm's presets, resumably.
 
-    python benchmarks/table1.py --models=m2,m1m2 --labels=100,600,1000,3000 --seeds=0,1,2 \
-        --root=runs/table1 --eval_split=validation
+    python -m benchmarks.table1 --models=m1,m2,m1m2 --labels=100,600,1000,3000 \
+        --seeds=0,1,2 --root=runs/table1
 
-Every (model, labels, seed) run lives in ``ROOT/<model>_<labels>_seed<seed>``; a
-run with a results.json is skipped, an interrupted one resumes from its last
-checkpoint.  M1 is trained once per seed (``ROOT/m1_seed<seed>``) and reused by
-every m1 / m1m2 run of that seed, whatever its label count: M1 never sees labels.
-An ``m1_dir`` in --model_overrides instead gives that model's runs of every seed
-one finished M1 (the seeds then vary the labeled subset, the data order and the
-classifier's initialisation, not M1); the report says so.
-A finished run is checked against the settings this command would train it
-with, so a run placed in ROOT by hand (a copy or link) is refused unless it
-is the run this grid describes.
+Every (model, labels, seed) run is the preset `model` at that label count and
+seed (`ssl_dgm.presets`, as ``train.py --model=MODEL --labels=N --seed=S``), in
+``ROOT/<model>_<labels>_seed<seed>``.  M1 is trained once per seed, by the m1
+preset, in ``ROOT/m1_seed<seed>``, and every m1 / m1m2 run of that seed uses it
+(``m1_dir``), whatever its label count: M1 never sees labels.  A finished run is
+skipped (and checked to be the run this grid describes); an interrupted one
+resumes from its last checkpoint, so rerunning the command after a stop goes on
+where it stopped.  ``--set`` overrides a field of every run (tests use it for tiny
+models), and the report says so.
+
 Writes OUTPUT.md and OUTPUT.json: mean ± std error per cell over the finished
-seeds, the paper's numbers beside them, wall time and epochs per run, the machine
-and this command.  Numbers in the README come from that file.
+seeds (a missing cell is named), the paper's number beside it, errors on both
+input kinds, minutes and epochs per run, the machine and this command.
 """
 
 import json
 import os
 import platform
 import statistics
-import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.records import command_line, write_report  # noqa: E402
-from ssl_dgm.paper import NAMES as PAPER_NAMES, TABLE1 as PAPER  # noqa: E402
+from benchmarks.records import command_line, write_report
+from ssl_dgm import overrides, presets
+from ssl_dgm.paper import NAMES as PAPER_NAMES, TABLE1 as PAPER
 
-flags.DEFINE_list("models", ["m2", "m1m2"], "Models (m1, m2, m1m2).")
-flags.DEFINE_list("labels", ["100", "600", "1000", "3000"], "Label counts N.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_list("models", ["m1", "m2", "m1m2"], "Presets (rows of the table).")
+flags.DEFINE_list("labels", ["100", "600", "1000", "3000"], "Label counts N (columns).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every cell.")
 flags.DEFINE_string("root", "runs/table1", "Folder of all runs.")
-flags.DEFINE_string("eval_split", "validation", "Split reported (validation: train[50000:]).")
+flags.DEFINE_string("eval_split", "validation", "Split reported (validation: the held-out "
+                    "end of train; test where TFDS has it).")
 flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
 flags.DEFINE_string("output", "docs/results", "Writes OUTPUT.md and OUTPUT.json.")
-flags.DEFINE_float("time_budget_minutes", None, "Training-time budget per stage.")
-flags.DEFINE_integer("epochs", 200, "Epochs of M2 (alone or on M1 codes).")
-flags.DEFINE_integer("m1_epochs", 300, "Epochs of each seed's M1.")
-flags.DEFINE_string("overrides", "{}", "JSON of extra TrainConfig fields for every run.")
-flags.DEFINE_string("model_overrides", "{}", "JSON {model: {TrainConfig field: value}} for "
-                    "one model's runs; give m1 and m1m2 the same m1_* fields (the M1 is "
-                    "trained with m1's), so every run records the M1 it used. An m1_dir "
-                    "(a finished run's m1/ folder) makes every seed of that model use it.")
+flags.DEFINE_multi_string("set", [], "section.field=value for every run (as train.py's).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
 FLAGS = flags.FLAGS
 
 
-def run_dir(model, labels, seed):
-    return os.path.join(FLAGS.root, f"{model}_{labels}_seed{seed}")
+def run_dir(root, model, labels, seed):
+    return os.path.join(root, f"{model}_{labels}_seed{seed}")
 
 
-def settings(model):
-    """TrainConfig fields for `model`: --overrides, then --model_overrides[model]."""
-    fields = json.loads(FLAGS.overrides)
-    fields.update(json.loads(FLAGS.model_overrides).get(model, {}))
-    return fields
+def m1_run_dir(root, seed):
+    return os.path.join(root, f"m1_seed{seed}")
+
+
+def _overridden(config, sets, eval_split, data_dir):
+    updates = {"data.eval_split": eval_split}
+    if data_dir:
+        updates["data.data_dir"] = data_dir
+    for item in sets:
+        path, _, value = item.partition("=")
+        updates[path.strip()] = value.strip()
+    return overrides.override(config, {p: v for p, v in updates.items()
+                                     if p.split(".")[0] not in ("m1", "m2", "head")
+                                     or getattr(config, p.split(".")[0]) is not None})
+
+
+def grid_config(root, model, labels, seed, sets=(), eval_split="validation", data_dir=None):
+    """The config of one cell: the preset, with the seed's shared M1 for m1 / m1m2."""
+    config = _overridden(presets.get(model, labels, seed), sets, eval_split, data_dir)
+    if config.m1 is not None:
+        config = overrides.override(config, {"m1_dir": os.path.join(m1_run_dir(root, seed),
+                                                                  "m1")})
+    return config
+
+
+def m1_config(root, seed, labels, sets=(), eval_split="validation", data_dir=None):
+    """The run that trains a seed's shared M1 (with its head, at the first label count)."""
+    return _overridden(presets.get("m1", labels, seed), sets, eval_split, data_dir)
 
 
 def train_grid(command):
-    from ssl_dgm import training
+    from ssl_dgm import rundir
+    from ssl_dgm.train import pipeline
 
+    labels = [int(n) for n in FLAGS.labels]
     for seed in map(int, FLAGS.seeds):
         for model in FLAGS.models:
-            for labels in map(int, FLAGS.labels):
-                folder = run_dir(model, labels, seed)
-                common = dict(labels=labels, seed=seed, epochs=FLAGS.epochs,
-                              m1_epochs=FLAGS.m1_epochs, data_dir=FLAGS.data_dir,
-                              time_budget_minutes=FLAGS.time_budget_minutes)
-                fields = settings(model)
-                shared_m1 = fields.get("m1_dir")
-                m1_dir = None
-                if model in ("m1", "m1m2"):
-                    m1_dir = shared_m1 or os.path.join(FLAGS.root, f"m1_seed{seed}", "m1")
-                config = training.TrainConfig(**{**common, "model": model, "m1_dir": m1_dir,
-                                                 "eval_split": FLAGS.eval_split, **fields})
-                if os.path.exists(os.path.join(folder, "results.json")):
-                    # Finished: is it this grid's run (epochs and budget included)?
-                    training.check_same_config(folder, config, training.PLACEMENT_FIELDS)
-                    continue
-                if (m1_dir and not shared_m1  # a shared M1 is checked by training.run
-                        and not os.path.exists(os.path.join(m1_dir, "results.json"))):
-                    m1_config = training.TrainConfig(
-                        **{**common, "model": "m1", "eval_split": "validation",
-                           **settings("m1")})
-                    training.run(m1_config, os.path.dirname(m1_dir), command)
-                training.run(config, folder, command)
+            for n in labels:
+                folder = run_dir(FLAGS.root, model, n, seed)
+                config = grid_config(FLAGS.root, model, n, seed, FLAGS.set, FLAGS.eval_split,
+                                     FLAGS.data_dir)
+                if config.m1_dir and not rundir.is_finished(config.m1_dir):
+                    print(f"== {m1_run_dir(FLAGS.root, seed)}: the M1 of seed {seed}")
+                    pipeline.run(m1_config(FLAGS.root, seed, labels[0], FLAGS.set,
+                                           FLAGS.eval_split, FLAGS.data_dir),
+                                 m1_run_dir(FLAGS.root, seed), command)
+                print(f"== {folder}")
+                pipeline.run(config, folder, command)
 
 
-def collect():
+def collect(root, models, label_counts, seeds):
     cells = {}
-    for model in FLAGS.models:
-        for labels in map(int, FLAGS.labels):
+    for model in models:
+        for labels in label_counts:
             runs = []
-            for seed in map(int, FLAGS.seeds):
-                folder = run_dir(model, labels, seed)
-                path = os.path.join(folder, "results.json")
-                if os.path.exists(path):
-                    results = json.load(open(path))
-                    grayscale = results.get("eval_error_grayscale")
-                    runs.append({"seed": seed, "error": 100 * results["eval_error"],
-                                 # A run linked into ROOT: where it was trained.
-                                 "trained_in": os.path.realpath(folder)
-                                 if os.path.islink(folder) else None,
-                                 "error_grayscale": None if grayscale is None
-                                 else 100 * grayscale,
-                                 "train_minutes": results.get("total_train_minutes",
-                                                              results["train_minutes"]),
-                                 "epochs": results["epochs_done"],
-                                 "m1_epochs": results.get("m1", {}).get("epochs_done"),
-                                 "m1_active_dims": len(results.get("m1_active_dimensions", []))
-                                 or None})
+            for seed in seeds:
+                path = os.path.join(run_dir(root, model, labels, seed), "results.json")
+                if not os.path.exists(path):
+                    continue
+                with open(path) as f:
+                    results = json.load(f)
+                grayscale = results.get("eval_error_grayscale")
+                runs.append({"seed": seed, "error": 100 * results["eval_error"],
+                             "error_grayscale": None if grayscale is None else 100 * grayscale,
+                             "train_minutes": results["total_train_minutes"],
+                             "epochs": results["epochs_done"],
+                             "m1_epochs": results.get("m1", {}).get("epochs_done"),
+                             "m1_active_dims": len(results.get("m1_active_dimensions", []))
+                             or None})
             cells[f"{model}/{labels}"] = runs
     return cells
 
 
-def report(cells, command):
-    split = FLAGS.eval_split
+def _cell(errors, wanted):
+    if not errors:
+        return "missing"
+    mean = statistics.mean(errors)
+    text = f"{mean:.2f}" if len(errors) == 1 else \
+        f"{mean:.2f} ± {statistics.stdev(errors):.2f}"
+    return text + (f" (n={len(errors)})" if len(errors) != wanted or wanted == 1 else "")
+
+
+def report(cells, command, models, label_counts, seeds, eval_split, sets, report_only):
+    total_minutes = sum(r["train_minutes"] for runs in cells.values() for r in runs)
+    missing = [f"{key} seed {s}" for key, runs in cells.items()
+               for s in seeds if s not in {r["seed"] for r in runs}]
     lines = ["# Table 1, regenerated", "",
-             ("Collected from finished runs (not trained by this command) by"
-              if FLAGS.report_only else "Produced by")
-             + f" `{command}` on {platform.machine()}, {os.cpu_count()} cores "
-             f"(shared machine). Finished runs are skipped, so a run may have been trained "
-             f"by an earlier invocation; its own commands.txt records which. "
-             f"Error (%) on the **{split}** split"
-             + (" (train[50000:]; the paper reports test error)" if split == "validation"
-                else "") + ", its images binarised once, mean ± std over the finished "
-             "seeds (n)."
-             + "".join(f" Every {model} run uses the one M1 in `{settings(model)['m1_dir']}` "
-                       "(not one M1 per seed), so its seeds vary the labeled subset, the data "
-                       "order and the classifier's initialisation, not M1."
-                       for model in FLAGS.models if settings(model).get("m1_dir")), "",
-             "| model | " + " | ".join(f"N={n}" for n in FLAGS.labels) + " |",
-             "|---|" + "---|" * len(FLAGS.labels)]
-    for model in FLAGS.models:
-        row = []
-        for labels in map(int, FLAGS.labels):
-            errors = [r["error"] for r in cells[f"{model}/{labels}"]]
-            if not errors:
-                row.append("—")
-            elif len(errors) == 1:
-                row.append(f"{errors[0]:.2f} (n=1)")
-            else:
-                row.append(f"{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f} "
-                           f"(n={len(errors)})")
-        lines.append(f"| ssl_dgm {model} | " + " | ".join(row) + " |")
-        paper = PAPER[model]
-        lines.append(f"| paper {PAPER_NAMES[model]} (test) | "
-                     + " | ".join(f"{paper.get(int(n), float('nan')):.2f}" for n in FLAGS.labels)
-                     + " |")
-    lines += ["", "## Runs", "", "Error on grayscale inputs: the same split's stored "
-              "intensities in [0, 1], what the exported classifier is served (recorded by "
-              "runs finished since it was added; the table above uses the binarised one).",
-              "", "| run | error % | on grayscale % | training minutes | epochs (M2 / M1) "
+             ("Collected from finished runs by" if report_only else "Produced by")
+             + f" `{command}` on {platform.machine()}, {os.cpu_count()} cores (a shared "
+             f"machine). Each run is its preset (`ssl_dgm/presets.py`) at that label count "
+             f"and seed; M1 is trained once per seed and shared by that seed's m1 and m1m2 "
+             f"runs. Error (%) on the **{eval_split}** split"
+             + (" (the held-out end of train, train[50000:] for MNIST; the presets were chosen "
+                "on this split, and the paper reports test error)" if eval_split == "validation"
+                else "") + f", its images binarised once, mean ± std over {len(seeds)} seeds "
+             f"unless n says otherwise. {len(seeds) * len(models) * len(label_counts)} cells' "
+             f"runs, {total_minutes:.0f} training minutes in all (M1 counted in each run "
+             f"that used it).", ""]
+    if sets:
+        lines += ["Overrides of every run: " + ", ".join(f"`{s}`" for s in sets) + ".", ""]
+    lines += ["| model | " + " | ".join(f"N={n}" for n in label_counts) + " |",
+              "|---|" + "---|" * len(label_counts)]
+    for model in models:
+        lines.append(f"| ssl_dgm {model} | " + " | ".join(
+            _cell([r["error"] for r in cells[f"{model}/{n}"]], len(seeds))
+            for n in label_counts) + " |")
+        kind = "m1m2" if model.startswith("m1m2") else model
+        paper = PAPER.get(kind, {})
+        lines.append(f"| paper {PAPER_NAMES.get(kind, kind)} (test) | " + " | ".join(
+            f"{paper[n]:.2f}" if n in paper else "—" for n in label_counts) + " |")
+    if missing:
+        lines += ["", f"Missing ({len(missing)}): " + ", ".join(missing) + "."]
+    lines += ["", "## Runs", "", "Grey levels: the same split's stored intensities in [0, 1], "
+              "what the exported classifier is served.", "",
+              "| run | error % | grey levels % | training minutes | epochs (M2 / M1) "
               "| M1 dims M2 models |", "|---|---|---|---|---|---|"]
     for key, runs in cells.items():
         for r in runs:
-            grayscale = r.get("error_grayscale")
-            origin = f" (linked from `{r['trained_in']}`)" if r.get("trained_in") else ""
-            lines.append(f"| {key} seed {r['seed']}{origin} | {r['error']:.2f} | "
+            grayscale = r["error_grayscale"]
+            lines.append(f"| {key} seed {r['seed']} | {r['error']:.2f} | "
                          f"{'—' if grayscale is None else f'{grayscale:.2f}'} | "
                          f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
-                         f"| {r.get('m1_active_dims') or '—'} |")
+                         f"| {r['m1_active_dims'] or '—'} |")
     lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines), missing, total_minutes
 
 
 def main(argv):
     del argv
-    command = command_line()
+    command = command_line("benchmarks.table1")
+    label_counts = [int(n) for n in FLAGS.labels]
+    seeds = [int(s) for s in FLAGS.seeds]
+    for model in FLAGS.models:
+        presets.get(model)  # an unknown preset fails before any training
     if not FLAGS.report_only:
+        from ssl_dgm import quiet
+        quiet.quiet_tensorflow(verbose=FLAGS["verbosity"].present)
         train_grid(command)
-    cells = collect()
-    text = report(cells, command)
+    cells = collect(FLAGS.root, FLAGS.models, label_counts, seeds)
+    text, missing, minutes = report(cells, command, FLAGS.models, label_counts, seeds,
+                                    FLAGS.eval_split, FLAGS.set, FLAGS.report_only)
     write_report(FLAGS.output, text, {"command": command, "split": FLAGS.eval_split,
-                                      "cells": cells, "paper_test_error": PAPER})
+                                      "cells": cells, "missing": missing,
+                                      "total_train_minutes": minutes, "overrides": FLAGS.set,
+                                      "paper_test_error": PAPER})
 
 
 if __name__ == "__main__":

@@ -1,42 +1,34 @@
 """Training throughput of ssl_dgm's models against a plain XLA-compiled M2 step.
 
-    python benchmarks/throughput.py                       # writes docs/throughput.md/.json
+    python -m benchmarks.throughput               # writes docs/throughput.md/.json
 
 For M2 it times, in one process and interleaved, (a) a straightforward M2 step
 written with plain TF ops -- encoder on concat([x, y]) with x repeated for each of
 the K labels, jit-compiled -- called once per step and also looped 50 steps per
 XLA call, and (b) ssl_dgm's M2 through `Model.fit` on the in-memory tf.data
-stream (50 steps per XLA call), all at the same sizes, and ssl_dgm's M2 as it was
-before its softplus reused its exp in the gradient (`distributions.softplus`).  It
-also times M1 and M1+M2 (codes encoded by M1 per step, and cached once per image,
+stream (50 steps per XLA call), all at the same sizes.  It also times M1 and M1+M2 (codes encoded by M1 per step, and cached once per image,
 timed interleaved), counts the matmul FLOPs of each step from the layer shapes
 (backward = 2x forward, 1x for a layer fed by data), and probes this machine's fp32
 matmul GFLOP/s, so each time can be read as a fraction of what the CPU can do.
 Numbers are medians over --repeats.
 """
 
-import contextlib
 import math
 import os
 import platform
 import statistics
-import sys
 import time
 
+import keras
+import numpy as np
+import tensorflow as tf
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import ssl_dgm  # noqa: E402,F401  (TensorFlow backend)
-from benchmarks.records import command_line, write_report  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from ssl_dgm import data, distributions, objectives, training  # noqa: E402
-from ssl_dgm.m1 import M1  # noqa: E402
-from ssl_dgm.m2 import M2  # noqa: E402
-from ssl_dgm.stacked import M1M2  # noqa: E402
+from benchmarks.records import command_line, write_report
+from ssl_dgm import configs, data, objectives
+from ssl_dgm.m1 import M1
+from ssl_dgm.m2 import M2
+from ssl_dgm.stacked import M1M2
 
 flags.DEFINE_list("hidden_sizes", ["500", "500"], "M2 encoder/decoder hidden widths.")
 flags.DEFINE_list("classifier_hidden_sizes", ["500", "500"], "M2 q(y|x) hidden widths.")
@@ -51,8 +43,8 @@ flags.DEFINE_string("output", "docs/throughput", "Writes OUTPUT.md and OUTPUT.js
 FLAGS = flags.FLAGS
 
 D, K, IMAGES_PER_EPOCH = 784, 10, 50000
-# Steps per compiled call, as training.fit_stage runs them by default.
-PER_CALL = training.TrainConfig().steps_per_execution
+# Steps per compiled call, as the training pipeline runs them by default.
+PER_CALL = configs.RuntimeConfig().steps_per_execution
 
 
 def dense_flops(rows, widths):
@@ -173,18 +165,6 @@ def time_naive(step, x_l, y_l, x_u, steps, per_call=1):
     return (time.perf_counter() - start) / (steps // per_call * per_call)
 
 
-@contextlib.contextmanager
-def tf_softplus():
-    """Likelihoods traced meanwhile use `tf.nn.softplus`, as ssl_dgm's did until session 10
-    (give the model ``activation=tf.nn.softplus`` too, for its hidden layers)."""
-    ours = distributions.softplus
-    distributions.softplus = tf.nn.softplus
-    try:
-        yield
-    finally:
-        distributions.softplus = ours
-
-
 def median_ms(seconds):
     return 1000 * statistics.median(seconds)
 
@@ -197,21 +177,19 @@ class _Timer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def time_fit(model, dataset, steps, repeats, jit_compile=True, blocks=True):
+def time_fit(model, dataset, steps, repeats):
     """Seconds per step of `fit` over epochs of `steps` steps (first epoch = warm-up).
 
-    `PER_CALL` steps per compiled call, as `training.fit_stage` runs them: with `blocks`
-    inside the model's step (`BoundModel.blocks`), else through Keras'
-    ``steps_per_execution`` (how ssl_dgm ran them until session 8).
+    `PER_CALL` steps per compiled call inside the model's step (`BoundModel.blocks`),
+    as the training pipeline (`ssl_dgm.train.pipeline.fit_stage`) runs them.
     """
     per_call = min(PER_CALL, steps)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile,
-                  steps_per_execution=1 if blocks else per_call)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
     timer = _Timer()
     timer.seconds = []
-    dataset = model.blocks(dataset.repeat(), per_call if blocks else 1)
-    model.fit(dataset, steps_per_epoch=steps // per_call if blocks else steps,
-              epochs=repeats + 1, verbose=0, callbacks=[timer])
+    dataset = model.blocks(dataset.repeat(), per_call)
+    model.fit(dataset, steps_per_epoch=steps // per_call, epochs=repeats + 1, verbose=0,
+              callbacks=[timer])
     return [s / steps for s in timer.seconds[1:]]
 
 
@@ -236,20 +214,12 @@ def main(argv):
     x_u = tf.constant((images[:b_u].reshape(b_u, D) > 0.5).astype(np.float32))
 
     gflops = matmul_gflops()
-    # XLA:CPU gains nothing from bfloat16 here; TF's oneDNN kernels (no XLA) do.
-    bf16_gflops = matmul_gflops(dtype=tf.bfloat16)
     naive = naive_m2_step(hidden, clf_hidden, z, alpha)
     per_call = min(PER_CALL, FLAGS.steps)
     naive_looped = looped(naive_m2_step(hidden, clf_hidden, z, alpha), per_call)
     m2 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
             alpha=alpha, seed=0)
     m2.build()
-    m2_tf_softplus = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden,
-                        latent_size=z, alpha=alpha, activation=tf.nn.softplus, seed=0)
-    m2_tf_softplus.build()
-    m2_bf16 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
-                 alpha=alpha, precision="mixed_bfloat16", seed=0)
-    m2_bf16.build()
     m1 = M1(D, latent_size=z, hidden_sizes=m1_hidden, seed=0)
     m1.build()
     stacked = M1M2(m1, np.arange(z), hidden_sizes=(500,), classifier_hidden_sizes=(500,),
@@ -262,16 +232,11 @@ def main(argv):
     cached_stream = data.semi_supervised_dataset(data.Split(codes[:100], labels[:100]), codes,
                                                  b_l, b_u, seed=0, binarized=False)
 
-    naive_times, looped_times, m2_times, keras_loop_times, bf16_times = [], [], [], [], []
-    tf_softplus_times = []
+    naive_times, looped_times, m2_times = [], [], []
     for _ in range(FLAGS.repeats):  # interleaved, so all see the same machine load
         naive_times.append(time_naive(naive, x_l, y_l, x_u, FLAGS.steps))
         looped_times.append(time_naive(naive_looped, x_l, y_l, x_u, FLAGS.steps, per_call))
         m2_times += time_fit(m2, stream, FLAGS.steps, 1)
-        keras_loop_times += time_fit(m2, stream, FLAGS.steps, 1, blocks=False)
-        with tf_softplus():
-            tf_softplus_times += time_fit(m2_tf_softplus, stream, FLAGS.steps, 1)
-        bf16_times += time_fit(m2_bf16, stream, FLAGS.steps, 1, jit_compile=False)
     m1_times = time_fit(m1, unlabeled_stream, FLAGS.steps, FLAGS.repeats)
     stacked_times, cached_times = [], []
     for _ in range(FLAGS.repeats):
@@ -285,14 +250,6 @@ def main(argv):
         (f"M2, the same plain step, {PER_CALL} steps looped in one XLA call", looped_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=False)),
         ("M2, ssl_dgm fit", m2_times,
-         m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
-        (f"M2, ssl_dgm fit, {PER_CALL} steps per call through Keras' steps_per_execution "
-         "(until session 8)", keras_loop_times,
-         m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
-        ("M2, ssl_dgm fit with tf.nn.softplus, whose gradient computes exp again "
-         "(until session 10)", tf_softplus_times,
-         m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
-        ("M2, ssl_dgm fit, mixed_bfloat16 (oneDNN, no XLA)", bf16_times,
          m2_flops(b_l, b_u, D, hidden, clf_hidden, z, shared_first_layer=True)),
         ("M1, ssl_dgm fit", m1_times, m1_flops(b_u, D, m1_hidden, z)),
         ("M1+M2, ssl_dgm fit (M2 1x500 on 50-d codes)", stacked_times,
@@ -311,16 +268,16 @@ def main(argv):
                      "all_ms": [1000 * t for t in times]})
     plain, ours = median_ms(naive_times), median_ms(m2_times)
     ratio = ours / plain
-    command = command_line()
+    command = command_line("benchmarks.throughput")
     result = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
               f"TF {tf.__version__}", "matmul_gflops_2048": gflops,
-              "bfloat16_matmul_gflops_2048": bf16_gflops, "rows": rows,
+              "rows": rows,
               "m2_ratio_ssl_dgm_over_plain": ratio,
               "sizes": {"hidden": hidden, "classifier_hidden": clf_hidden, "latent": z,
                         "labeled_batch": b_l, "unlabeled_batch": b_u}}
     lines = ["# Training throughput", "", f"Command: `{command}`", "",
-             f"Machine: {result['machine']}; matmul probe (2048²): fp32 {gflops:.0f} GFLOP/s, "
-             f"bfloat16 (oneDNN) {bf16_gflops:.0f} GFLOP/s; the last column is against fp32.",
+             f"Machine: {result['machine']}; fp32 matmul probe (2048²): {gflops:.0f} GFLOP/s, "
+             f"which the last column compares against.",
              f"Sizes: hidden {hidden}, classifier {clf_hidden}, z {z}, "
              f"{b_l} labeled + {b_u} unlabeled images per step. Medians of {FLAGS.repeats} "
              f"repeats of {FLAGS.steps} steps; M2 variants timed interleaved.", "",
@@ -332,24 +289,11 @@ def main(argv):
                      f"{r['seconds_per_50k_epoch']:.1f} | {r['images_per_second']:.0f} | "
                      f"{r['gflop_per_step']:.2f} | {100 * r['fraction_of_matmul_peak']:.0f}% |")
     looped_ratio = ours / median_ms(looped_times)
-    keras_loop_ratio = median_ms(keras_loop_times) / plain
-    tf_softplus_ms = median_ms(tf_softplus_times)
-    tf_softplus_ratio = tf_softplus_ms / plain
-    softplus_change = ours / tf_softplus_ms
-    bf16_ratio = median_ms(bf16_times) / ours
     cached_ratio = median_ms(cached_times) / median_ms(stacked_times)
     result["m2_ratio_ssl_dgm_over_plain_looped"] = looped_ratio
-    result["m2_ratio_keras_loop_over_plain"] = keras_loop_ratio
-    result["m2_ratio_tf_softplus_over_plain"] = tf_softplus_ratio
-    result["m2_ratio_ssl_dgm_over_tf_softplus"] = softplus_change
-    result["m2_ratio_bfloat16_over_float32"] = bf16_ratio
     result["m1m2_ratio_cached_over_per_step"] = cached_ratio
     lines += ["", f"ssl_dgm M2 step / plain XLA M2 step: **{ratio:.2f}×** "
-              f"({keras_loop_ratio:.2f}× with Keras' steps_per_execution loop; "
-              f"{looped_ratio:.2f}× against the plain step looped as ssl_dgm loops its own; "
-              f"{tf_softplus_ratio:.2f}× with tf.nn.softplus, so that change alone: "
-              f"{softplus_change:.2f}×); "
-              f"mixed_bfloat16 step / float32 XLA step: **{bf16_ratio:.2f}×**; "
+              f"({looped_ratio:.2f}× against the plain step looped as ssl_dgm loops its own); "
               f"M1+M2 step with cached codes / with M1's encoder per step: "
               f"**{cached_ratio:.2f}×** (M1+M2 variants timed interleaved)", ""]
     write_report(FLAGS.output, "\n".join(lines), result)

@@ -1,7 +1,7 @@
 """Time to accuracy: when finished runs first reached the paper's error, and their
 error at a training-time budget.
 
-    python benchmarks/time_to_error.py --run_dir=RUN [--run_dir=RUN2 ...] \
+    python -m benchmarks.time_to_error --run_dir=RUN [--run_dir=RUN2 ...] \
         --output=docs/time_to_error [--budget=m2:30 --budget=m1m2:120]
 
 For each run (a folder with config.json, history.csv and results.json), minutes are
@@ -15,13 +15,11 @@ OUTPUT.json.
 import json
 import os
 import platform
-import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.records import command_line, read_history, write_report  # noqa: E402
-from ssl_dgm.paper import NAMES, TABLE1  # noqa: E402
+from benchmarks.records import command_line, read_history, write_report
+from ssl_dgm.paper import NAMES, TABLE1
 
 flags.DEFINE_multi_string("run_dir", None, "Finished run directories.", required=True)
 flags.DEFINE_string("output", None, "Writes OUTPUT.md and OUTPUT.json.", required=True)
@@ -49,7 +47,7 @@ def time_to_error(run_dir, budgets):
             raise ValueError(f"{run_dir} has no {name}: give finished m2 / m1m2 runs")
     config = json.load(open(os.path.join(run_dir, "config.json")))
     results = json.load(open(os.path.join(run_dir, "results.json")))
-    model, labels = config["model"], config["labels"]
+    model, labels = config["model"], config["data"]["labels"]
     if model not in ("m2", "m1m2"):
         raise ValueError(f"{run_dir} is an {model} run; give m2 / m1m2 runs")
     m1_minutes = results["m1"]["train_minutes"] if model == "m1m2" else 0.0
@@ -105,7 +103,7 @@ def report(rows, command, note):
 
 def main(argv):
     del argv
-    command = command_line()
+    command = command_line("benchmarks.time_to_error")
     budgets = parse_budgets(FLAGS.budget)
     rows = [time_to_error(run_dir, budgets) for run_dir in FLAGS.run_dir]
     text = report(rows, command, FLAGS.note)

@@ -15,11 +15,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-SPLITS = {
-    "train": "train[:50000]",
-    "validation": "train[50000:]",
-    "test": "test",
-}
+# Of a dataset's training split, the last sixth is held out for validation: for
+# MNIST's 60000 images, train[:50000] and train[50000:], the paper's protocol.
+VALIDATION_FRACTION = 1 / 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,38 +31,102 @@ class Split:
         return len(self.labels)
 
 
-def load_split(name, dataset="mnist", data_dir=None):
-    """Loads one of `SPLITS` (or any TFDS split string) into memory.
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the data says about itself (from TFDS's metadata, before any image loads).
+
+    Attributes:
+      name: the TFDS name.
+      num_classes: K, from the ``label`` feature.
+      image_shape: ``(height, width, channels)``, from the ``image`` feature.
+      split_sizes: examples per stored split (empty where TFDS does not know them).
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple
+    split_sizes: dict
+
+    def split(self, name):
+        """The TFDS split string of ``train``, ``validation``, ``test`` or any split."""
+        if name not in ("train", "validation"):
+            return name
+        total = self.split_sizes.get("train")
+        if total is None:  # sizes unknown (e.g. TFDS's mock data): cut by percent
+            cut = f"{round(100 * (1 - VALIDATION_FRACTION))}%"
+        else:
+            cut = str(total - round(total * VALIDATION_FRACTION))
+        return f"train[:{cut}]" if name == "train" else f"train[{cut}:]"
+
+    def check_split(self, name):
+        """Raises ValueError if `name` names a split this copy of the data lacks."""
+        base = self.split(name).split("[")[0]
+        if self.split_sizes and base not in self.split_sizes:
+            raise ValueError(
+                f"dataset {self.name!r} here has no split {base!r} (it has "
+                f"{', '.join(sorted(self.split_sizes))}); choose another --eval_split, "
+                f"e.g. --eval_split=validation (the held-out end of train)")
+
+
+def _data_dir_error(data_dir):
+    return FileNotFoundError(
+        f"data_dir {data_dir!r} does not exist; point --data_dir (or TFDS_DATA_DIR) at a "
+        f"folder holding TFDS datasets, or omit it to use TFDS's default")
+
+
+def dataset_info(dataset="mnist", data_dir=None):
+    """The `DatasetInfo` of a TFDS image classification dataset.
+
+    Raises:
+      ValueError / FileNotFoundError: naming what is missing and what to do.
+    """
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise _data_dir_error(data_dir)
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"unknown TFDS dataset {dataset!r}; give a TFDS image "
+                         f"classification dataset (e.g. mnist)") from None
+    features = builder.info.features
+    image = features["image"] if "image" in features else None
+    label = features["label"] if "label" in features else None
+    if image is None or not isinstance(label, tfds.features.ClassLabel) or None in image.shape:
+        raise ValueError(f"dataset {dataset!r} is not an image classification dataset with "
+                         f"fixed-size 'image' and a ClassLabel 'label'")
+    sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
+    return DatasetInfo(dataset, int(label.num_classes), tuple(int(s) for s in image.shape),
+                       sizes)
+
+
+def load_split(name, dataset="mnist", data_dir=None, info=None):
+    """Loads ``train``, ``validation``, ``test`` (or any TFDS split string) into memory.
 
     Raises:
       FileNotFoundError / ValueError with what is missing and how to get it.
     """
-    split = SPLITS.get(name, name)
-    if data_dir is not None and not os.path.isdir(data_dir):
-        raise FileNotFoundError(
-            f"data_dir {data_dir!r} does not exist; point --data_dir (or TFDS_DATA_DIR) at "
-            f"a folder holding TFDS datasets, or omit it to use TFDS's default")
+    info = info or dataset_info(dataset, data_dir)
+    info.check_split(name)
+    split = info.split(name)
     try:
         loaded = tfds.load(dataset, split=split, data_dir=data_dir, as_supervised=True)
         # Batches of 10000 rather than TFDS's batch_size=-1, which needs a known size.
         batches = list(tfds.as_numpy(loaded.batch(10000)))
-    except tfds.core.registered.DatasetNotFoundError as error:
-        raise ValueError(f"unknown TFDS dataset {dataset!r}") from error
     except (ValueError, KeyError) as error:
         message = str(error)
         if "split" in message.lower():
-            raise ValueError(
-                f"dataset {dataset!r} in {data_dir or 'the default TFDS folder'} has no split "
-                f"{split!r} ({message.splitlines()[0]}); with a copy that holds only "
-                f"'train', evaluate on --eval_split=validation") from error
+            raise ValueError(f"dataset {dataset!r} in {data_dir or 'the default TFDS folder'} "
+                             f"cannot give split {split!r} ({message.splitlines()[0]})"
+                             ) from None
         raise
     except Exception as error:  # offline download failures come in many types
         if "download" in type(error).__name__.lower() or "connection" in str(error).lower():
             raise FileNotFoundError(
                 f"dataset {dataset!r} is not prepared in "
                 f"{data_dir or 'the default TFDS folder'} and could not be downloaded: {error}"
-            ) from error
+            ) from None
         raise
+    if not batches:
+        raise ValueError(f"split {split!r} of {dataset!r} holds no images")
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
     return Split(images=images.astype(np.float32) / 255.0, labels=labels.astype(np.int64))

@@ -24,7 +24,7 @@ def softplus(x):
     gradient computes exp(-x) again.  Training evaluates softplus on every hidden
     unit of every network and on every pixel's logit (`_Bernoulli`), about 3
     million elements per M2 step: one exp fewer per element made the 2×500 M2 step
-    about 5% faster here (docs/experiments.md, session 10).  `tf.maximum`, not
+    about 5% faster here (docs/performance.md).  `tf.maximum`, not
     `tf.nn.relu`: TF's graph optimiser tries to fuse a Relu into the matmul
     before it and fails on this pattern (without XLA, e.g. mixed_bfloat16).
     """

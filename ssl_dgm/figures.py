@@ -1,5 +1,6 @@
-"""Figures of a trained M2 / M1+M2 run, as PNGs (matplotlib).
+"""Figures of a trained M2 / M1+M2 generator, as PNGs (matplotlib).
 
+    python -m ssl_dgm.figures --export_dir=saved_models --output_dir=docs/figures
     python -m ssl_dgm.figures --model_dir=RUN --output_dir=docs/figures
 
 * ``styles.png`` -- the paper's figure 1a: for each label (a column), a sweep
@@ -9,17 +10,20 @@
   the same style (z = E[q(z|x, y*)]) drawn as every digit.
 * ``samples.png`` -- class-conditional samples, one row per class.
 
-All images are Bernoulli means, drawn through the same `serving.Generator`
-module that export.py saves, so the figures show what the SavedModel gives.
+All images are Bernoulli means, drawn through the ``generator`` signatures that
+export.py saves (from the SavedModel itself with --export_dir, or the same
+`serving.Generator` module around a run with --model_dir), so the figures show
+what the SavedModel gives.
 """
 
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from ssl_dgm import data, serving, training
+from ssl_dgm import builders, data, serving
 
 
 def _save_grid(tiles, path, title, first_column_divider=False):
@@ -55,28 +59,55 @@ def styles(generator, num_classes, latent_size, steps=8):
     return np.stack(columns, axis=1)
 
 
-def make_figures(model_dir, output_dir, data_dir=None, seed=0):
-    """Writes styles.png, analogies.png, samples.png; returns their paths."""
-    model, config, results = training.load_trained(model_dir)
-    generator = serving.Generator(model, results["image_shape"])
-    classes = model.num_classes
+def load_generator(model_dir=None, export_dir=None):
+    """``(generator, dataset)``: the newest exported generator in `export_dir` (loaded
+    with `tf.saved_model.load` alone), or the `serving.Generator` of the finished run
+    in `model_dir`; dataset is the TFDS name its validation images come from."""
+    if export_dir is not None:
+        folder = os.path.join(export_dir, "generator")
+        versions = sorted(int(v) for v in os.listdir(folder) if v.isdigit()) \
+            if os.path.isdir(folder) else []
+        if not versions:
+            raise ValueError(f"{folder} holds no exported version")
+        card = os.path.join(export_dir, "model_card.json")
+        dataset = json.load(open(card)).get("dataset", "mnist") if os.path.exists(card) \
+            else "mnist"
+        return tf.saved_model.load(os.path.join(folder, str(versions[-1]))), dataset
+    model, config, results = builders.load_trained(model_dir)
+    return serving.Generator(model, results["image_shape"]), config.data.dataset
+
+
+def generator_sizes(generator):
+    """``(classes, latent_size)`` from a generator's signatures."""
+    spec = generator.analogies.get_concrete_function().structured_outputs["images"]
+    latent = generator.generate.get_concrete_function().structured_input_signature[0][1]
+    return int(spec.shape[1]), int(latent.shape[-1])
+
+
+def make_figures(generator, validation_images, output_dir, seed=0):
+    """Writes styles.png, analogies.png, samples.png of `generator`; returns their paths.
+
+    Args:
+      generator: a `serving.Generator`, or the SavedModel export.py wrote of one.
+      validation_images: images to draw analogies of, ``[n, H, W, C]`` in [0, 1].
+    """
+    classes, latent_size = generator_sizes(generator)
     os.makedirs(output_dir, exist_ok=True)
     paths = {name: os.path.join(output_dir, f"{name}.png")
              for name in ("styles", "analogies", "samples")}
 
-    grid = styles(generator, classes, model.latent_size)
+    grid = styles(generator, classes, latent_size)
     steps = int(round(np.sqrt(len(grid))))
     # Show the sweep for a few labels side by side: [steps, steps * shown, H, W, 1].
     shown = [k for k in (0, 2, 4, 7) if k < classes]
     panel = np.concatenate([grid[:, k].reshape(steps, steps, *grid.shape[2:]) for k in shown],
                            axis=1)
-    which = "z" if model.latent_size == 2 else "z[0], z[1] (others 0)"
+    which = "z" if latent_size == 2 else "z[0], z[1] (others 0)"
     _save_grid(panel, paths["styles"],
-               f"Fixed label {shown}, sweep over {which} ({model_dir})")
+               f"Fixed label {shown}, sweep over {which}")
 
-    validation = data.load_split("validation", config.dataset, data_dir or config.data_dir)
     rng = np.random.default_rng(seed)
-    picked = validation.images[rng.choice(len(validation), 10, replace=False)]
+    picked = validation_images[rng.choice(len(validation_images), 10, replace=False)]
     analogies = generator.analogies(tf.constant(picked))["images"].numpy()
     _save_grid(np.concatenate([picked[:, None], analogies], axis=1), paths["analogies"],
                "Left: validation images. Right: their style drawn as every digit",
@@ -94,14 +125,19 @@ def make_figures(model_dir, output_dir, data_dir=None, seed=0):
 def main(argv):
     del argv
     flags_ = flags.FLAGS
-    for path in make_figures(flags_.model_dir, flags_.output_dir, flags_.data_dir,
+    if (flags_.model_dir is None) == (flags_.export_dir is None):
+        raise app.UsageError("give one of --model_dir and --export_dir")
+    generator, dataset = load_generator(flags_.model_dir, flags_.export_dir)
+    validation = data.load_split("validation", dataset, flags_.data_dir)
+    for path in make_figures(generator, validation.images, flags_.output_dir,
                              flags_.seed).values():
         print(path)
 
 
 if __name__ == "__main__":
     # Flags exist only when this module is the program, never on import.
-    flags.DEFINE_string("model_dir", None, "A finished m2 or m1m2 run.", required=True)
+    flags.DEFINE_string("model_dir", None, "A finished m2 or m1m2 run.")
+    flags.DEFINE_string("export_dir", None, "An export folder (its newest generator).")
     flags.DEFINE_string("output_dir", "docs/figures", "Where the PNGs go.")
     flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
     flags.DEFINE_integer("seed", 0, "Which validation images and sample seeds.")

@@ -28,6 +28,8 @@ import tempfile
 
 import tensorflow as tf
 
+from ssl_dgm import builders, rundir
+
 
 def _check_images(images, image_shape):
     # Servers feed tensors without checking them against the signature, so check here.
@@ -79,6 +81,7 @@ class Generator(tf.Module):
 
     def _one_hot(self, labels):
         classes = self.model.num_classes
+        labels = tf.ensure_shape(labels, [None], name="labels_must_be_a_batch_of_integers")
         tf.debugging.assert_non_negative(labels, message=f"labels must be in [0, {classes})")
         tf.debugging.assert_less(labels, classes, message=f"labels must be in [0, {classes})")
         return tf.one_hot(labels, classes)
@@ -87,6 +90,10 @@ class Generator(tf.Module):
         return tf.reshape(pixels, tf.concat([leading_shape, self.image_shape], axis=0))
 
     def _generate(self, labels, z):
+        # As images are, z is checked here: a server feeds it without the signature's shape.
+        latent = self.model.latent_size
+        z = tf.ensure_shape(z, [None, latent], name=f"z_must_be_batch_x_{latent}")
+        tf.debugging.assert_all_finite(z, message="z must be finite")
         tf.debugging.assert_equal(tf.shape(labels)[0], tf.shape(z)[0],
                                   message="labels and z need the same batch size")
         pixels = self.model.decode(z, self._one_hot(labels))
@@ -120,26 +127,89 @@ def next_version(export_dir, name):
     return max(versions, default=0) + 1
 
 
+def _remove_stale_temporaries(folder):
+    """Removes ``.tmp-*`` folders left by exports whose process is gone."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        parts = name.split("-")
+        if name.startswith(".tmp-") and len(parts) >= 4 and parts[2].isdigit():
+            try:
+                os.kill(int(parts[2]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            except PermissionError:
+                pass  # alive, another user's
+
+
+def _write_temporary(module, export_dir, name, version):
+    """Saves `module` under a temporary name in ``export_dir/name``; returns its path."""
+    folder = os.path.join(export_dir, name)
+    os.makedirs(folder, exist_ok=True)
+    _remove_stale_temporaries(folder)
+    temporary = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=folder)
+    try:
+        # mkdtemp makes an owner-only folder; a server running as another user must read it.
+        os.chmod(temporary, 0o777 & ~rundir.umask())
+        tf.saved_model.save(module, temporary, signatures=module.signatures())
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return temporary
+
+
+def check_targets(export_dir, names, version):
+    """The version folders to write; raises before anything is written if one cannot be.
+
+    Raises:
+      FileExistsError: a version exists already (versions are immutable).
+      ValueError: `export_dir` is a file or `version` is not a positive integer.
+    """
+    if not isinstance(version, int) or isinstance(version, bool) or version <= 0:
+        raise ValueError(f"--version must be a positive integer (TF Serving loads only "
+                         f"those), got {version!r}")
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(f"--export_dir {export_dir} is a file; give a folder")
+    finals = {}
+    for name in names:
+        finals[name] = os.path.join(export_dir, name, str(version))
+        if os.path.exists(finals[name]):
+            raise FileExistsError(f"{finals[name]} exists; TF Serving versions are "
+                                  f"immutable, choose another --version")
+    return finals
+
+
 def save_atomically(module, export_dir, name, version):
     """Writes ``export_dir/name/version`` via a temporary folder and one rename.
 
     Raises:
       FileExistsError: that version exists already (versions are immutable).
     """
-    folder = os.path.join(export_dir, name)
-    final = os.path.join(folder, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; TF Serving versions are immutable, "
-                              f"choose another --version")
-    os.makedirs(folder, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=folder)
+    return save_all({name: module}, export_dir, version)[name]
+
+
+def save_all(modules, export_dir, version):
+    """Writes every ``{name: module}`` as ``export_dir/name/version``: all or none.
+
+    Every target is checked before anything is written; each module is saved to a
+    temporary folder, and only when all are saved are they renamed into place (a
+    failure then removes the versions already renamed).
+
+    Raises: as `check_targets`.
+    """
+    finals = check_targets(export_dir, modules, version)
+    temporaries, placed = {}, []
     try:
-        tf.saved_model.save(module, temporary, signatures=module.signatures())
-        os.replace(temporary, final)
+        for name, module in modules.items():
+            temporaries[name] = _write_temporary(module, export_dir, name, version)
+        for name, temporary in temporaries.items():
+            os.replace(temporary, finals[name])
+            placed.append(finals[name])
     except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        for path in [*temporaries.values(), *placed]:
+            shutil.rmtree(path, ignore_errors=True)
         raise
-    return final
+    return finals
 
 
 MODELS_CONFIG = """model_config_list {{
@@ -161,15 +231,14 @@ def export_run(model_dir, export_dir, version=None, base_path="/models"):
     Returns:
       dict name -> written folder.
     """
-    from ssl_dgm import training  # training imports the models; keep serving light
-
-    model, _, results = training.load_trained(model_dir)
+    names = ("classifier", "generator")
+    if version is None:
+        version = max(next_version(export_dir, name) for name in names)
+    check_targets(export_dir, names, version)  # before the run is loaded
+    model, _, results = builders.load_trained(model_dir)
     image_shape = results["image_shape"]
     modules = {"classifier": Classifier(model, image_shape),
                "generator": Generator(model, image_shape)}
-    if version is None:
-        version = max(next_version(export_dir, name) for name in modules)
-    written = {name: save_atomically(module, export_dir, name, version)
-               for name, module in modules.items()}
-    training.atomic_write(os.path.join(export_dir, "models.config"), models_config(base_path))
+    written = save_all(modules, export_dir, version)
+    rundir.atomic_write(os.path.join(export_dir, "models.config"), models_config(base_path))
     return written

@@ -19,10 +19,9 @@ exp(logvar / 2))`` per minibatch).  Cached training batches hold
 import numpy as np
 import tensorflow as tf
 
+from ssl_dgm.configs import CODES
 from ssl_dgm.m1 import M1, in_batches, posterior_means
 from ssl_dgm.m2 import M2
-
-CODES = ("per_step", "cached")
 
 
 def active_dimensions(m1: M1, images, threshold=0.1, batch_size=1000):

@@ -6,11 +6,10 @@
 ``mirrored``: splits the CPU into 2 logical devices, takes one SGD step of a tiny
 M2 on one device and one on 2 replicas with the same global batch and initial
 weights, and saves both weight lists.  ``multi_worker``: one worker of a
-MultiWorkerMirroredStrategy cluster runs `training.fit_stage` for a few steps and
+MultiWorkerMirroredStrategy cluster runs `pipeline.fit_stage` for a few steps and
 saves its final weights.
 """
 
-import os
 import sys
 
 mode, out = sys.argv[1], sys.argv[2]
@@ -25,12 +24,12 @@ if mode == "mirrored":
 else:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ssl_dgm  # noqa: E402,F401
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssl_dgm import training  # noqa: E402
+from ssl_dgm import configs  # noqa: E402
+from ssl_dgm.train import pipeline  # noqa: E402
 from ssl_dgm.m2 import M2  # noqa: E402
 
 DIM, CLASSES = 6, 3
@@ -70,11 +69,12 @@ else:
     stage_dir = sys.argv[3]
     with strategy.scope():
         model = tiny_m2()
-        config = training.TrainConfig(learning_rate=0.01, lr_schedule="constant",
-                                      jit_compile=False, steps_per_execution=1)
+        optimization = configs.OptimizationConfig(epochs=2, learning_rate=0.01,
+                                                  lr_schedule="constant")
+        runtime = configs.RuntimeConfig(jit_compile=False, steps_per_execution=1)
         train = tf.data.Dataset.from_tensors(batch).repeat(3)
         validation = tf.data.Dataset.from_tensors(
             (batch["labeled_x"], batch["labels"]))
-        training.fit_stage(model, train, validation, stage_dir, config, epochs=2,
+        pipeline.fit_stage(model, train, validation, stage_dir, optimization, runtime,
                            steps_per_epoch=3)
     np.savez(out, **{f"w_{i}": w.numpy() for i, w in enumerate(model.weights)})

@@ -7,177 +7,119 @@ import sys
 
 from tests.conftest import ROOT
 
-TINY = {"train_examples": 300, "batch_size": 50, "labeled_batch_size": 20,
-        "hidden_sizes": [8], "classifier_hidden_sizes": [8], "latent_size": 3,
-        "m1_hidden_sizes": [8], "m1_latent_size": 4, "steps_per_execution": 3,
-        "head_steps": 5}
+TINY = ["data.train_examples=300", "data.batch_size=50", "data.labeled_batch_size=20",
+        "m2.hidden_sizes=8", "m2.classifier_hidden_sizes=8", "m2.latent_size=3",
+        "m1.hidden_sizes=8", "m1.latent_size=4", "runtime.steps_per_execution=3",
+        "head.steps=5", "m1.optimization.epochs=1", "m2.optimization.epochs=1"]
 
 
-def test_table1_harness_runs_a_tiny_grid_and_skips_finished_runs(mnist_data_dir, tmp_path):
-    args = [sys.executable, os.path.join(ROOT, "benchmarks", "table1.py"),
-            "--models=m1,m2,m1m2", "--labels=20", "--seeds=0", f"--root={tmp_path / 'runs'}",
-            "--epochs=1", "--m1_epochs=1", f"--output={tmp_path / 'results'}",
-            f"--data_dir={mnist_data_dir}", "--overrides=" + json.dumps(TINY),
-            "--model_overrides=" + json.dumps({"m1m2": {"epochs": 2, "hidden_sizes": [6]}})]
-    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+def harness(*args, root, output, data_dir):
+    return subprocess.run([sys.executable, "-m", "benchmarks.table1", *args, f"--root={root}",
+                           f"--output={output}", f"--data_dir={data_dir}",
+                           *(f"--set={s}" for s in TINY)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_table1_harness_runs_a_tiny_grid_resumes_and_reports_missing_cells(mnist_data_dir,
+                                                                          tmp_path):
+    root, output = tmp_path / "runs", tmp_path / "results"
+    first = harness("--models=m1,m2,m1m2", "--labels=20", "--seeds=0", root=root,
+                    output=output, data_dir=mnist_data_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [len(results["cells"][k]) for k in ("m2/20", "m1m2/20")] == [1, 1]
-    # --model_overrides reached only the m1m2 run.
-    assert [results["cells"][k][0]["epochs"] for k in ("m2/20", "m1m2/20")] == [1, 2]
-    stored = json.loads((tmp_path / "runs" / "m1m2_20_seed0" / "config.json").read_text())
-    assert stored["hidden_sizes"] == [6]
-    assert (tmp_path / "runs" / "m1_seed0" / "m1" / "m1.weights.h5").exists()
+    assert [len(results["cells"][k]) for k in ("m1/20", "m2/20", "m1m2/20")] == [1, 1, 1]
+    assert results["missing"] == []
+    # One M1 for the seed, trained by the m1 preset and used by its m1 and m1m2 runs.
+    shared = root / "m1_seed0" / "m1"
+    assert (shared / "m1.weights.h5").exists()
+    for model in ("m1", "m1m2"):
+        stored = json.loads((root / f"{model}_20_seed0" / "config.json").read_text())
+        assert stored["m1_dir"] == str(shared) and not (root / f"{model}_20_seed0" / "m1").exists()
+    recorded = [json.loads((root / f"{m}_20_seed0" / "results.json").read_text())
+                for m in ("m1", "m2", "m1m2")]
+    assert [r["eval_error"] * 100 for r in recorded] == [
+        results["cells"][k][0]["error"] for k in ("m1/20", "m2/20", "m1m2/20")]
     table = (tmp_path / "results.md").read_text()
-    assert "| paper M1+M2 (test) | 3.33" not in table  # N=20 is not in the paper
-    assert "(n=1)" in table and "--models=m1,m2,m1m2" in table
-    # The M1 it trained, measured by m1_activity.py.
-    activity = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "m1_activity.py"),
-                               f"--run={tmp_path / 'runs' / 'm1_20_seed0'}",
-                               f"--data_dir={mnist_data_dir}", "--images=200",
-                               f"--output={tmp_path / 'activity'}"],
-                              capture_output=True, text=True, timeout=300)
-    assert activity.returncode == 0, activity.stderr[-3000:]
-    row = json.loads((tmp_path / "activity.json").read_text())["rows"][0]
-    spread = row["posterior_mean_std"]
-    assert row["latent_size"] == len(spread) == TINY["m1_latent_size"]
-    assert spread == sorted(spread, reverse=True)
-    assert row["active"] == sum(s > 0.1 for s in spread)
-    assert row["m1_dir"] == str(tmp_path / "runs" / "m1_seed0" / "m1")  # the shared M1
-    assert row["head_error_percent"] == results["cells"]["m1/20"][0]["error"]
-    assert row["head"] == "spreading, 10 neighbours, alpha 0.99"  # the default head
-    # The spreading grid on that M1 reproduces the head's recorded error at its settings.
-    grid = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "spreading_grid.py"),
-                           f"--m1_dir={tmp_path / 'runs' / 'm1_seed0' / 'm1'}", "--labels=20",
-                           "--neighbours=10", "--alphas=0.99,0.9", "--train_examples=300",
-                           f"--data_dir={mnist_data_dir}", f"--output={tmp_path / 'grid'}"],
-                          capture_output=True, text=True, timeout=300)
-    assert grid.returncode == 0, grid.stderr[-3000:]
-    cells = json.loads((tmp_path / "grid.json").read_text())["rows"]
-    assert [(c["neighbours"], c["alpha"]) for c in cells] == [(10, 0.99), (10, 0.9)]
-    recorded = json.loads((tmp_path / "runs" / "m1_20_seed0" / "results.json").read_text())
-    assert cells[0]["labels"]["error"] == recorded["validation_error"]
-    # Both input kinds, re-measured on the reloaded runs, match what the runs recorded.
-    runs = [tmp_path / "runs" / f"{m}_20_seed0" for m in ("m2", "m1m2")]
-    inputs = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "input_errors.py"),
-                             *(f"--run_dir={r}" for r in runs), f"--data_dir={mnist_data_dir}",
-                             f"--output={tmp_path / 'inputs'}"],
-                            capture_output=True, text=True, timeout=300)
-    assert inputs.returncode == 0, inputs.stderr[-3000:]
-    for row, run in zip(json.loads((tmp_path / "inputs.json").read_text())["runs"], runs):
-        recorded = json.loads((run / "results.json").read_text())
-        assert row["binarized"] == row["recorded"] == recorded["validation_error"]
-        assert row["grayscale"] == recorded["validation_error_grayscale"]
-    modified = os.path.getmtime(tmp_path / "runs" / "m2_20_seed0" / "results.json")
-    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert "| paper M1+M2 (test) | — |" in table  # N=20 is not in the paper
+    assert "python -m benchmarks.table1 --models=m1,m2,m1m2" in table
+    assert "`m2.hidden_sizes=8`" in table and "table1.py" not in table
+
+    # Rerun with a second seed: the finished runs are skipped (not rewritten), the new
+    # cells are trained, and a report written before they finish names what is missing.
+    modified = os.path.getmtime(root / "m2_20_seed0" / "results.json")
+    partial = subprocess.run([sys.executable, "-m", "benchmarks.table1", "--models=m2",
+                              "--labels=20", "--seeds=0,1", f"--root={root}",
+                              f"--output={tmp_path / 'partial'}", "--report_only"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    assert json.loads((tmp_path / "partial.json").read_text())["missing"] == ["m2/20 seed 1"]
+    assert "Missing (1): m2/20 seed 1." in (tmp_path / "partial.md").read_text()
+    second = harness("--models=m2", "--labels=20", "--seeds=0,1", root=root, output=output,
+                     data_dir=mnist_data_dir)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert os.path.getmtime(tmp_path / "runs" / "m2_20_seed0" / "results.json") == modified
-
-    # An m1_dir override: every seed uses one finished M1. A finished run linked into
-    # the new root is skipped when it is this grid's run, and refused when it is not.
-    shared_m1 = tmp_path / "runs" / "m1_seed0" / "m1"
-    (tmp_path / "shared").mkdir()
-    os.symlink(tmp_path / "runs" / "m1m2_20_seed0", tmp_path / "shared" / "m1m2_20_seed0")
-
-    def overriding(m1_dir, hidden=6):
-        return "--model_overrides=" + json.dumps(
-            {"m1m2": {"epochs": 2, "hidden_sizes": [hidden], "m1_dir": str(m1_dir)}})
-
-    shared = [a for a in args if not a.startswith(("--models", "--seeds", "--root", "--output",
-                                                   "--model_overrides"))]
-    shared += ["--models=m1m2", "--seeds=0,1", f"--root={tmp_path / 'shared'}",
-               f"--output={tmp_path / 'shared_results'}"]
-    third = subprocess.run(shared + [overriding(shared_m1)], capture_output=True, text=True,
-                           timeout=600)
-    assert third.returncode == 0, third.stderr[-3000:]
-    cells = json.loads((tmp_path / "shared_results.json").read_text())["cells"]["m1m2/20"]
+    assert os.path.getmtime(root / "m2_20_seed0" / "results.json") == modified
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]["m2/20"]
     assert [c["seed"] for c in cells] == [0, 1]
-    seed1 = json.loads((tmp_path / "shared" / "m1m2_20_seed1" / "config.json").read_text())
-    assert seed1["m1_dir"] == str(shared_m1) and seed1["seed"] == 1
-    assert not (tmp_path / "shared" / "m1_seed1").exists()  # no M1 trained for seed 1
-    report = (tmp_path / "shared_results.md").read_text()
-    assert f"Every m1m2 run uses the one M1 in `{shared_m1}`" in report
-    refused = subprocess.run(shared + [overriding(shared_m1, hidden=7)], capture_output=True,
-                             text=True, timeout=600)
-    assert refused.returncode != 0
-    assert "hidden_sizes: [6] there, [7] now" in refused.stderr
-    missing = subprocess.run(shared + [overriding(tmp_path), "--seeds=2"],
-                             capture_output=True, text=True, timeout=600)
-    assert missing.returncode != 0
-    assert f"{tmp_path} is not a finished M1" in missing.stderr  # it holds a results.json
+    # A finished run that is not this grid's run is refused, not reported.
+    other = harness("--models=m2", "--labels=20", "--seeds=0", "--set=m2.alpha=7",
+                    root=root, output=output, data_dir=mnist_data_dir)
+    assert other.returncode != 0 and "m2.alpha: None there, 7.0 now" in other.stderr
 
 
 def test_throughput_benchmark_writes_its_table(tmp_path):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"),
-                           "--hidden_sizes=16", "--classifier_hidden_sizes=16",
-                           "--m1_hidden_sizes=16", "--latent_size=4", "--steps=2",
-                           "--repeats=1", f"--output={tmp_path / 'tp'}"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--hidden_sizes=16",
+                           "--classifier_hidden_sizes=16", "--m1_hidden_sizes=16",
+                           "--latent_size=4", "--steps=2", "--repeats=1",
+                           f"--output={tmp_path / 'tp'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "tp.json").read_text())
-    assert len(result["rows"]) == 9 and result["matmul_gflops_2048"] > 0
-    assert result["bfloat16_matmul_gflops_2048"] > 0
+    assert len(result["rows"]) == 6 and result["matmul_gflops_2048"] > 0
     ms = [row["ms_per_step"] for row in result["rows"]]
     assert result["m2_ratio_ssl_dgm_over_plain"] == ms[2] / ms[0]
     assert result["m2_ratio_ssl_dgm_over_plain_looped"] == ms[2] / ms[1]
-    assert result["m2_ratio_keras_loop_over_plain"] == ms[3] / ms[0]
-    assert result["m2_ratio_tf_softplus_over_plain"] == ms[4] / ms[0]
-    assert result["m2_ratio_ssl_dgm_over_tf_softplus"] == ms[2] / ms[4]
-    assert result["m2_ratio_bfloat16_over_float32"] == ms[5] / ms[2]
-    assert result["m1m2_ratio_cached_over_per_step"] == ms[8] / ms[7]
+    assert result["m1m2_ratio_cached_over_per_step"] == ms[5] / ms[4]
     assert all(r["ms_per_step"] > 0 for r in result["rows"])
-    assert "--steps=2" in (tmp_path / "tp.md").read_text()
+    assert "python -m benchmarks.throughput --hidden_sizes=16" in (tmp_path / "tp.md").read_text()
 
 
-def test_curve_report_and_readme_blocks_copy_generated_numbers(tmp_path):
-    run = tmp_path / "runs" / "m2_20_seed0"
-    run.mkdir(parents=True)
-    (run / "commands.txt").write_text("python train.py --model=m2 --labels=20\n")
-    (run / "history.csv").write_text(
-        "epoch,train_minutes,epoch_train_seconds,epoch_seconds,val_error\n"
-        "1,0.5,30.0,31.0,0.25\n2,1.0,28.0,29.0,0.125\n")
-    (run / "results.json").write_text(json.dumps({"validation_error": 0.125}))
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "curve.py"),
-                           f"--run_dir={run}", f"--output={tmp_path / 'docs' / 'curve'}"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = (tmp_path / "docs" / "curve.md").read_text()
-    assert "| 2 | 1.0 | 12.50% |" in report and "median 29.0 s per epoch" in report
-    assert "python train.py --model=m2 --labels=20" in report
-    assert (tmp_path / "docs" / "curve.png").stat().st_size > 0
+def test_readme_blocks_copy_generated_reports(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "report.md").write_text(
+        "# Report\n\n| epoch | error |\n|---|---|\n| 2 | 12.50% |\n\n![curves](curve.png)\n")
+    from benchmarks import readme_blocks
 
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "readme_blocks", os.path.join(ROOT, "benchmarks", "readme_blocks.py"))
-    blocks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(blocks)
-    blocks.ROOT = str(tmp_path)
-    (tmp_path / "README.md").write_text(
-        "intro\n<!-- begin: docs/curve.md -->\nstale 99%\n<!-- end: docs/curve.md -->\nend\n")
-    blocks.main()
+    original = readme_blocks.ROOT
+    readme_blocks.ROOT = str(tmp_path)
+    try:
+        (tmp_path / "README.md").write_text(
+            "intro\n<!-- begin: docs/report.md -->\nstale 99%\n<!-- end: docs/report.md -->"
+            "\nend\n")
+        (tmp_path / "docs" / "experiments.md").write_text(
+            "<!-- begin: docs/report.md -->\n<!-- end: docs/report.md -->\n")
+        readme_blocks.main()
+    finally:
+        readme_blocks.ROOT = original
     readme = (tmp_path / "README.md").read_text()
-    assert "stale 99%" not in readme and "| 2 | 1.0 | 12.50% |" in readme
-    assert "![curves](docs/curve.png)" in readme and readme.endswith("end\n")
-    (tmp_path / "docs" / "experiments.md").write_text(
-        "<!-- begin: docs/curve.md -->\n<!-- end: docs/curve.md -->\n")
-    blocks.main()
+    assert "stale 99%" not in readme and "| 2 | 12.50% |" in readme
+    assert "# Report" not in readme and readme.endswith("end\n")
+    assert "![curves](docs/curve.png)" in readme
     experiments = (tmp_path / "docs" / "experiments.md").read_text()
-    assert "| 2 | 1.0 | 12.50% |" in experiments
     assert "![curves](curve.png)" in experiments  # relative to docs/
 
 
 def test_time_to_error_counts_the_m1_minutes_and_stops_at_the_budget(tmp_path):
     run = tmp_path / "m1m2_100_seed0"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"model": "m1m2", "labels": 100}))
+    (run / "config.json").write_text(json.dumps({"model": "m1m2", "data": {"labels": 100}}))
     (run / "history.csv").write_text(
         "epoch,train_minutes,val_error\n"
         "1,10.0,0.0900\n2,50.0,0.0333\n3,95.0,0.0300\n4,100.0,0.0250\n")
     (run / "results.json").write_text(json.dumps({"eval_error": 0.025,
                                                   "m1": {"train_minutes": 22.5}}))
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "time_to_error.py"),
-                           f"--run_dir={run}", f"--output={tmp_path / 'tte'}"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.time_to_error", f"--run_dir={run}",
+                           f"--output={tmp_path / 'tte'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     row, = json.loads((tmp_path / "tte.json").read_text())["rows"]
     # 3.33% (the paper's M1+M2) is first reached at epoch 2: 22.5 M1 + 50 minutes.
@@ -231,21 +173,3 @@ def test_throughput_flop_counts_equal_the_matmuls_of_the_traced_steps():
     plain = throughput.naive_m2_step((5, 4), (7,), 2, alpha=1.0, d=d).python_function
     traced = _traced_matmul_flops(plain, x_l, tf.constant([0, 1, 2]), x_u, tf.constant([0, 0]))
     assert traced == throughput.m2_flops(b_l, b_u, d, (5, 4), (7,), 2, shared_first_layer=False)
-
-
-def test_throughput_tf_softplus_row_traces_tfs_softplus_and_restores_ours():
-    import tensorflow as tf
-
-    from benchmarks import throughput
-    from ssl_dgm import distributions
-
-    def op_types(x):
-        graph = tf.function(lambda l: distributions.bernoulli(l).log_prob(x)).get_concrete_function(
-            tf.TensorSpec([2, 3])).graph
-        return {op.type for op in graph.get_operations()}
-
-    ours = distributions.softplus
-    x = tf.constant([[0.0, 1.0, 1.0], [1.0, 0.0, 0.5]])
-    with throughput.tf_softplus():
-        assert "Softplus" in op_types(x)
-    assert distributions.softplus is ours and "Softplus" not in op_types(x)

@@ -273,3 +273,68 @@ def test_real_tf_serving_answers_rest_predict(exported, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_figures_draw_from_the_exported_generator(exported, tmp_path):
+    from ssl_dgm import figures
+
+    model, base = exported
+    generator = tf.saved_model.load(str(base / "generator" / "1"))
+    assert figures.generator_sizes(generator) == (K, LATENT)
+    paths = figures.make_figures(generator, images(12, 4), str(tmp_path))
+    for path in paths.values():
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # The styles sweep is the model's decoder at a grid of z, one column per label.
+    grid = figures.styles(generator, K, LATENT, steps=3)
+    assert grid.shape == (9, K, *IMAGE_SHAPE)
+    quantiles = tf.math.ndtri(tf.linspace(0.05, 0.95, 3)).numpy()
+    z = np.array([[quantiles[0], quantiles[2]]], np.float32)  # first row, first column
+    expected = model.decode(tf.constant(z), tf.one_hot([3], K)).numpy().reshape(IMAGE_SHAPE)
+    np.testing.assert_allclose(grid[0, 3], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_generator_refuses_z_of_the_wrong_width_and_non_finite_z(exported):
+    model, base = exported
+    generator = tf.saved_model.load(str(base / "generator" / "1")).signatures
+    with pytest.raises(tf.errors.InvalidArgumentError, match="z must be finite"):
+        generator["generate"](labels=tf.constant([1]), z=tf.fill([1, LATENT], np.nan))
+    # A server feeds z past the signature's shape: the traced function checks it itself.
+    module = serving.Generator(model, IMAGE_SHAPE)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=f"{LATENT}"):
+        module._generate(tf.constant([1]), tf.zeros([1, LATENT + 3]))
+
+
+def test_an_export_writes_both_models_or_neither_with_readable_permissions(tmp_path):
+    model = tiny_m2()
+    modules = {"classifier": serving.Classifier(model, IMAGE_SHAPE),
+               "generator": serving.Generator(model, IMAGE_SHAPE)}
+    old = os.umask(0o022)
+    try:
+        written = serving.save_all(modules, str(tmp_path), 1)
+    finally:
+        os.umask(old)
+    for path in written.values():
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o755)
+    # A clash on one name refuses before anything is written under the other.
+    (tmp_path / "generator" / "2").mkdir()
+    with pytest.raises(FileExistsError, match="generator/2 exists"):
+        serving.save_all(modules, str(tmp_path), 2)
+    assert not (tmp_path / "classifier" / "2").exists()
+    # A failure while saving the second removes the first; a dead export's temporary goes.
+    stale = tmp_path / "classifier" / ".tmp-3-999999999-abc"
+    stale.mkdir()
+
+    class Broken(serving.Generator):
+        def signatures(self):
+            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        serving.save_all({"classifier": modules["classifier"],
+                          "generator": Broken(model, IMAGE_SHAPE)}, str(tmp_path), 3)
+    assert sorted(os.listdir(tmp_path / "classifier")) == ["1"]
+    assert sorted(os.listdir(tmp_path / "generator")) == ["1", "2"]
+    for version, message in ((0, "positive integer"), (-1, "positive integer")):
+        with pytest.raises(ValueError, match=message):
+            serving.save_all(modules, str(tmp_path), version)
+    with pytest.raises(ValueError, match="is a file"):
+        serving.save_all(modules, str(tmp_path / "classifier" / "1" / "saved_model.pb"), 1)

@@ -1,0 +1,169 @@
+"""Models from configs, and finished runs from their folders.
+
+The one place that turns an `ExperimentConfig` (with what the data says: its
+classes and image shape) into built Keras models, for training, for export
+(`serving`) and for figures, so a loaded run is the run that was trained.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from ssl_dgm import configs, objectives, rundir
+from ssl_dgm.m1 import M1
+from ssl_dgm.m2 import M2
+from ssl_dgm.stacked import M1M2
+
+
+def logit_of_mean(images):
+    """Initial Bernoulli decoder bias: the logit of the mean training image."""
+    mean = np.clip(images.reshape(len(images), -1).mean(axis=0), 1e-3, 1 - 1e-3)
+    return np.log(mean / (1 - mean)).astype(np.float32)
+
+
+def build_m1(m1_config: configs.M1Config, input_size, seed, decoder_bias=None,
+             kl_warmup_steps=0):
+    model = M1(input_size, latent_size=m1_config.latent_size,
+               hidden_sizes=m1_config.hidden_sizes, activation=m1_config.activation,
+               decoder_bias=decoder_bias, kl_warmup_steps=kl_warmup_steps, seed=seed)
+    model.build()
+    return model
+
+
+def build_m2(config: configs.ExperimentConfig, num_classes, input_size, num_train, m1=None,
+             active=None, decoder_bias=None):
+    """The built M2 of an m2 run, or the M1M2 on `m1`'s `active` dims of an m1m2 run."""
+    stage = config.m2
+    labels = config.data.labels
+    alpha = stage.alpha if stage.alpha is not None else objectives.default_alpha(num_train,
+                                                                                labels)
+    labeled_weight = (stage.labeled_weight if stage.labeled_weight is not None
+                      else objectives.paper_labeled_weight(num_train, labels))
+    arguments = dict(num_classes=num_classes, latent_size=stage.latent_size,
+                     hidden_sizes=stage.hidden_sizes,
+                     classifier_hidden_sizes=stage.classifier_hidden_sizes,
+                     activation=stage.activation, alpha=alpha,
+                     labeled_weight=labeled_weight, seed=config.seed)
+    if config.model == "m2":
+        model = M2(input_size, likelihood="bernoulli", decoder_bias=decoder_bias, **arguments)
+    else:
+        model = M1M2(m1, active, codes=stage.codes, **arguments)
+    model.build()
+    return model
+
+
+def weights_by_path(model):
+    """``{path: variable}`` of `model`'s weights: what checkpoints hold, so a checkpoint
+    matches variables by name, not by their order in the model.
+
+    Paths are relative to the model (``encoder/input_0/kernel``; a stacked model's
+    M1 under ``m1/``), since Keras numbers the names of models built in one process
+    (``m2``, ``m2_1``, ...).
+    """
+    prefixes = {model.name: ""}
+    if getattr(model, "m1", None) is not None:
+        prefixes[model.m1.name] = "m1/"
+    weights = {}
+    for variable in model.weights:
+        owner, _, rest = variable.path.partition("/")
+        key = prefixes[owner] + rest
+        if key in weights:
+            raise ValueError(f"two variables of {model.name} share the path {key}")
+        weights[key] = variable
+    return weights
+
+
+def m1_summary_config(summary, stage_dir):
+    """The `M1Config` a finished M1 stage's results.json records."""
+    try:
+        return configs.build(configs.M1Config, summary["m1"])
+    except (KeyError, TypeError, configs.ConfigError) as error:
+        raise ValueError(f"{stage_dir} does not hold an M1 of this ssl_dgm version "
+                         f"({error}); train a new one") from None
+
+
+def read_m1_summary(stage_dir):
+    """A finished M1 stage's results.json, checked to be complete.
+
+    Raises:
+      ValueError: `stage_dir` holds no finished M1.
+    """
+    results = os.path.join(stage_dir, rundir.RESULTS)
+    weights = os.path.join(stage_dir, rundir.M1_WEIGHTS)
+    if not (os.path.exists(results) and os.path.exists(weights)):
+        raise ValueError(f"{stage_dir} holds no finished M1 ({rundir.M1_WEIGHTS} and "
+                         f"{rundir.RESULTS}); give a finished run's m1/ folder")
+    summary = rundir.read_json(results)
+    m1_summary_config(summary, stage_dir)
+    return summary
+
+
+def adopt_m1(config: configs.ExperimentConfig, image_shape):
+    """`config` with `m1` set to the M1 in `config.m1_dir` (which it then uses).
+
+    Raises:
+      ValueError: there is no finished M1, or it was trained on other images.
+    """
+    summary = read_m1_summary(config.m1_dir)
+    if list(summary.get("image_shape", [])) != list(image_shape):
+        raise ValueError(f"--m1_dir {config.m1_dir} holds an M1 of "
+                         f"{summary.get('image_shape')} images ({summary.get('dataset')}); "
+                         f"this run's images are {list(image_shape)}: give an M1 trained "
+                         f"on this dataset")
+    return dataclasses.replace(config, m1=m1_summary_config(summary, config.m1_dir))
+
+
+def load_m1(stage_dir):
+    """The finished M1 in `stage_dir` and its summary (``results.json``)."""
+    summary = read_m1_summary(stage_dir)
+    m1 = build_m1(m1_summary_config(summary, stage_dir),
+                  int(np.prod(summary["image_shape"])), summary["seed"])
+    try:
+        m1.load_weights(os.path.join(stage_dir, rundir.M1_WEIGHTS))
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{stage_dir}/{rundir.M1_WEIGHTS} does not fit the M1 its "
+                         f"results.json describes ({error}); train a new M1") from None
+    return m1, summary
+
+
+def m1_stage_dir(config, model_dir):
+    """Where a run's M1 lives: `config.m1_dir` if given, else ``<model_dir>/m1``."""
+    return config.m1_dir or os.path.join(model_dir, "m1")
+
+
+def load_trained(model_dir):
+    """Rebuilds the finished M2 or M1+M2 run in `model_dir` with its last weights.
+
+    Returns:
+      ``(model, config, results)``.
+
+    Raises:
+      ValueError: the folder holds no finished M2 / M1+M2 run.
+    """
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"{model_dir} is not a folder; give a finished run's --model_dir")
+    if not os.path.exists(os.path.join(model_dir, rundir.CONFIG)):
+        raise ValueError(f"{model_dir} is not a training run directory (no config.json)")
+    if not rundir.is_finished(model_dir):
+        raise ValueError(f"{model_dir} holds an unfinished run (no results.json); finish it "
+                         f"with the command in its commands.txt")
+    config = rundir.read_config(model_dir)
+    results = rundir.read_json(os.path.join(model_dir, rundir.RESULTS))
+    if config.model not in ("m2", "m1m2"):
+        raise ValueError(f"{model_dir} is an {config.model} run; only m2 and m1m2 runs "
+                         f"generate digits and can be exported")
+    m1 = load_m1(m1_stage_dir(config, model_dir))[0] if config.model == "m1m2" else None
+    model = build_m2(config, results["num_classes"], int(np.prod(results["image_shape"])),
+                     results["num_train"], m1, results.get("m1_active_dimensions"))
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest is None:
+        raise ValueError(f"{model_dir} has no checkpoint to load")
+    checkpoint = tf.train.Checkpoint(weights=weights_by_path(model))
+    try:
+        checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as error:
+        raise ValueError(f"{latest} cannot be read into this run's model "
+                         f"({str(error).splitlines()[0]})") from None
+    return model, config, results

@@ -1,0 +1,187 @@
+"""The run folder: what produced a run, what it scored, and who is writing it.
+
+    config.json            the composed `configs.ExperimentConfig` (schema-versioned)
+    commands.txt           every command that ran in this folder, resumes included
+    labeled_indices.json   which training images carried labels
+    checkpoints/           tf.train checkpoints (weights by path, optimizer, epoch, time)
+    history.csv            per epoch: training minutes, seconds, train and validation metrics
+    results.json           final errors, written last: its presence marks a finished run
+    m1/                    the M1 stage of an m1 / m1m2 run (the same layout, plus
+                           m1.weights.h5; its results.json describes the M1)
+    .lock                  held by the process training in the folder
+
+Every file is written whole (a temporary file, then one rename) with the
+permissions the process's umask gives, so a reader never sees half a file and a
+server running as another user can read what it needs.  This module imports no
+TensorFlow.
+"""
+
+import errno
+import fcntl
+import fnmatch
+import json
+import os
+import tempfile
+
+from ssl_dgm import configs
+
+CONFIG = "config.json"
+RESULTS = "results.json"
+M1_WEIGHTS = "m1.weights.h5"
+LOCK = ".lock"
+
+# Fields a resumed run may change: where the data lives, how the steps run, how
+# long the stages train, which split is reported.
+RESUMABLE = ("data.data_dir", "data.eval_split", "runtime.*", "m1_dir",
+             "*.optimization.epochs", "*.optimization.time_budget_minutes")
+# Fields that may differ between a finished run and a description of it: where it
+# was trained from, not what was trained or reported.
+PLACEMENT = ("data.data_dir", "runtime.*", "m1_dir")
+
+
+def umask():
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode():
+    """``0666 & ~umask``: the mode `open` gives a new file in this process."""
+    return 0o666 & ~umask()
+
+
+def atomic_write(path, text):
+    """Writes `path` so that readers see the old or the new content, never a part.
+
+    The file gets ``0666 & ~umask`` (0644 under umask 022), as `open` would give it.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp",
+                                     prefix=".") as f:
+        try:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), file_mode())
+        except BaseException:
+            os.unlink(f.name)
+            raise
+    os.replace(f.name, path)
+
+
+def write_json(path, obj):
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    """The JSON in `path`; a damaged file is a ValueError that names it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); "
+                         f"restore it or remove the run folder") from None
+
+
+def is_finished(folder):
+    return os.path.exists(os.path.join(folder, RESULTS))
+
+
+def read_config(folder):
+    """The `ExperimentConfig` a run folder records."""
+    path = os.path.join(folder, CONFIG)
+    try:
+        return configs.from_dict(read_json(path))
+    except configs.ConfigError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _matches(path, patterns):
+    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+def differences(stored, wanted, free=RESUMABLE):
+    """``[(path, stored value, wanted value)]`` of the leaves that differ, outside `free`."""
+    old, new = configs.flatten(stored), configs.flatten(wanted)
+    return [(path, old.get(path), new.get(path)) for path in sorted(set(old) | set(new))
+            if not _matches(path, free) and old.get(path) != new.get(path)]
+
+
+def check_same_config(folder, config, free=RESUMABLE):
+    """Raises ValueError if `folder` holds a run made with other settings.
+
+    Fields matching a pattern of `free` may differ (by default those a resumed run
+    may change; `PLACEMENT` to check that a finished run is the one `config`
+    describes); a folder without config.json passes.
+    """
+    if not os.path.exists(os.path.join(folder, CONFIG)):
+        return
+    differing = differences(read_config(folder), config, free)
+    if differing:
+        details = ", ".join(f"{path}: {old!r} there, {new!r} now"
+                            for path, old, new in differing)
+        raise ValueError(f"{folder} holds a run made with other settings ({details}); "
+                         f"use a new --model_dir, or the same settings to resume it")
+
+
+class FolderLock:
+    """An exclusive lock on a run folder, held while the object lives.
+
+    `fcntl.flock` locks belong to the open file: the OS releases them when the
+    process ends, however it ends, so a killed run leaves no stale lock.
+    """
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, LOCK)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ValueError(f"{folder} is in use by process {holder}; wait for it to "
+                             f"finish or use another --model_dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+
+    def release(self):
+        if not self.file.closed:
+            self.file.close()
+
+
+def create(folder, config, command=None):
+    """Creates (or reopens) the run folder, locks it, and records `config`.
+
+    Call once everything `config` names has been checked: nothing is written
+    before that.  A folder made with other settings is refused (`check_same_config`).
+
+    Returns:
+      The `FolderLock`, to hold until the run ends.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"--model_dir {folder} is a file; give a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the run folder {folder}: {error.strerror}; "
+                         f"choose a writable --model_dir") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"the run folder {folder} is not writable; choose another "
+                         f"--model_dir")
+    lock = FolderLock(folder)
+    try:
+        check_same_config(folder, config)
+        write_json(os.path.join(folder, CONFIG), configs.to_dict(config))
+        if command:
+            with open(os.path.join(folder, "commands.txt"), "a") as f:
+                f.write(command + "\n")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
