@@ -8,8 +8,11 @@ dynamically binarised: each time an image is drawn it becomes a fresh Bernoulli
 sample with its grey levels as probabilities, as in the original code.
 """
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -74,6 +77,51 @@ def _data_dir_error(data_dir):
         f"folder holding TFDS datasets, or omit it to use TFDS's default")
 
 
+@contextlib.contextmanager
+def _few_download_retries(count=1):
+    """TFDS retries a failing download ten times with a growing backoff (minutes when a
+    machine is offline); a dataset that cannot be fetched should fail in seconds."""
+    from tensorflow_datasets.core.download import downloader
+    saved = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = count
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = saved
+
+
+def download(dataset, data_dir=None):
+    """Downloads and prepares `dataset` in a scratch folder, then moves it into
+    `data_dir` (TFDS's default folder if None): a failed download writes nothing there.
+
+    Raises:
+      FileNotFoundError: the dataset could not be fetched, naming what to do instead.
+    """
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(
+        os.path.expanduser("~"), "tensorflow_datasets")
+    scratch = tempfile.mkdtemp(prefix="ssl_dgm-tfds-")
+    try:
+        try:
+            with _few_download_retries():
+                tfds.builder(dataset, data_dir=scratch).download_and_prepare()
+        except Exception as error:  # offline failures come in many types
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+            raise FileNotFoundError(
+                f"dataset {dataset!r} is not prepared in {root} and could not be downloaded "
+                f"({type(error).__name__}{': ' + reason if reason else ''}); prepare it where "
+                f"there is a network (tfds build {dataset}) and copy it into {root}, or point "
+                f"--data_dir at a prepared copy") from None
+        prepared = os.path.join(scratch, dataset.split("/")[0].split(":")[0])
+        if os.path.isdir(prepared):
+            target = os.path.join(root, os.path.basename(prepared))
+            os.makedirs(target, exist_ok=True)
+            for version in os.listdir(prepared):
+                if not os.path.exists(os.path.join(target, version)):
+                    shutil.move(os.path.join(prepared, version), os.path.join(target, version))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def dataset_info(dataset="mnist", data_dir=None):
     """The `DatasetInfo` of a TFDS image classification dataset.
 
@@ -87,6 +135,9 @@ def dataset_info(dataset="mnist", data_dir=None):
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(f"unknown TFDS dataset {dataset!r}; give a TFDS image "
                          f"classification dataset (e.g. mnist)") from None
+    if not builder.is_prepared():
+        download(dataset, data_dir)
+        builder = tfds.builder(dataset, data_dir=data_dir)
     features = builder.info.features
     image = features["image"] if "image" in features else None
     label = features["label"] if "label" in features else None
@@ -117,13 +168,6 @@ def load_split(name, dataset="mnist", data_dir=None, info=None):
             raise ValueError(f"dataset {dataset!r} in {data_dir or 'the default TFDS folder'} "
                              f"cannot give split {split!r} ({message.splitlines()[0]})"
                              ) from None
-        raise
-    except Exception as error:  # offline download failures come in many types
-        if "download" in type(error).__name__.lower() or "connection" in str(error).lower():
-            raise FileNotFoundError(
-                f"dataset {dataset!r} is not prepared in "
-                f"{data_dir or 'the default TFDS folder'} and could not be downloaded: {error}"
-            ) from None
         raise
     if not batches:
         raise ValueError(f"split {split!r} of {dataset!r} holds no images")

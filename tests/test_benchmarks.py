@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 TINY = ["data.train_examples=300", "data.batch_size=50", "data.labeled_batch_size=20",
@@ -173,3 +175,42 @@ def test_throughput_flop_counts_equal_the_matmuls_of_the_traced_steps():
     plain = throughput.naive_m2_step((5, 4), (7,), 2, alpha=1.0, d=d).python_function
     traced = _traced_matmul_flops(plain, x_l, tf.constant([0, 1, 2]), x_u, tf.constant([0, 0]))
     assert traced == throughput.m2_flops(b_l, b_u, d, (5, 4), (7,), 2, shared_first_layer=False)
+
+
+def test_model_card_grades_the_generator_with_an_independent_judge(mnist_data_dir, tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from ssl_dgm import data, presets, rundir, serving
+    from ssl_dgm.m2 import M2
+
+    model = M2(784, num_classes=10, latent_size=3, hidden_sizes=(8,),
+               classifier_hidden_sizes=(6,), seed=0)
+    model.build()
+    run = tmp_path / "run"
+    rundir.create(str(run), presets.get("m2")).release()
+    serving.save_all({"classifier": serving.Classifier(model, (28, 28, 1)),
+                      "generator": serving.Generator(model, (28, 28, 1))},
+                     str(tmp_path / "export"), 1)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.model_card", f"--model_dir={run}",
+                           f"--export_dir={tmp_path / 'export'}", f"--data_dir={mnist_data_dir}",
+                           f"--judge_dir={tmp_path / 'judge'}", "--judge_epochs=1",
+                           "--judge_examples=2000", "--per_class=6", "--latency_calls=3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+    judge = json.loads((tmp_path / "judge" / "judge.json").read_text())
+    assert card["judge"] == judge and judge["train_images"] == 2000
+    assert 0.5 < judge["validation_accuracy"] <= 1.0  # a real classifier, not chance
+    assert len(card["class_consistency_per_class"]) == 10
+    assert card["class_consistency"] == pytest.approx(np.mean(card["class_consistency_per_class"]))
+    # The shipped classifier's numbers, recomputed here from the model itself.
+    validation = data.load_split("validation", data_dir=mnist_data_dir)
+    grey = np.mean(np.argmax(model.predict(validation.images, verbose=0), -1)
+                   != validation.labels)
+    assert card["validation_error_grayscale"] == pytest.approx(grey, abs=1e-12)
+    sample = tf.saved_model.load(str(tmp_path / "export" / "generator" / "1")).signatures["sample"]
+    agree = [np.mean(np.argmax(model(sample(labels=tf.fill([6], k), seed=tf.constant(
+        k * 6 + np.arange(6), tf.int32))["images"]).numpy(), -1) == k) for k in range(10)]
+    assert card["class_consistency_own_classifier"] == pytest.approx(np.mean(agree))
+    assert "independent judge" in (tmp_path / "export" / "MODEL_CARD.md").read_text()

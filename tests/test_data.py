@@ -116,3 +116,29 @@ def test_mock_tfds_data_loads_as_floats():
         split = data.load_split("train", "mnist")
     assert split.images.shape == (20, 28, 28, 1)
     assert split.images.max() <= 1.0 and split.labels.dtype == np.int64
+
+
+def test_an_absent_dataset_that_cannot_be_downloaded_fails_fast_and_writes_nothing(
+        tmp_path, monkeypatch):
+    import time
+
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download import downloader
+
+    retries = []
+
+    def offline(self, *args, **kwargs):
+        retries.append(downloader.MAX_RETRIES)
+        os.makedirs(os.path.join(self.data_dir, "partial"))  # what TFDS leaves behind
+        raise ConnectionError("Failed to establish a new connection")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    data_dir = tmp_path / "datasets"
+    data_dir.mkdir()
+    started = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"dataset 'mnist' is not prepared in .* could "
+                                                r"not be downloaded \(ConnectionError"):
+        data.dataset_info("mnist", str(data_dir))
+    assert time.perf_counter() - started < 30
+    assert retries == [1] and downloader.MAX_RETRIES == 10  # restored
+    assert os.listdir(data_dir) == []

@@ -140,6 +140,12 @@ def test_train_script_runs_reports_a_finished_run_and_reloads_it(mnist_data_dir,
     assert again.returncode == 0, again.stderr[-3000:]
     assert "holds this run, finished" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
+    # Nor with its checkpoint index gone: results.json marks it finished.
+    (run_dir / "checkpoints" / "checkpoint").rename(tmp_path / "index")
+    again = run_train([*SMALL, "--epochs=2", f"--model_dir={run_dir}"], mnist_data_dir,
+                      tmp_path)
+    assert again.returncode == 0 and "holds this run, finished" in again.stdout
+    (tmp_path / "index").rename(run_dir / "checkpoints" / "checkpoint")
     # A finished run is never retrained over its results, longer or otherwise.
     for other, message in ((["--epochs=3"], "m2.optimization.epochs: 2 there, 3 now"),
                            (["--epochs=2", "--seed=4"], "seed: 0 there, 4 now")):
@@ -155,6 +161,30 @@ def test_train_script_runs_reports_a_finished_run_and_reloads_it(mnist_data_dir,
     assert errors["error"] == pytest.approx(reloaded["validation_error"])
     assert errors["error_grayscale"] == pytest.approx(reloaded["validation_error_grayscale"])
     assert reloaded["eval_error_grayscale"] == reloaded["validation_error_grayscale"]
+    # A missing checkpoint shard is a one-line error at export, and nothing is written.
+    for path in (run_dir / "checkpoints").glob("ckpt-2.data-*"):
+        path.unlink()
+    exported = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"),
+                               f"--model_dir={run_dir}", f"--export_dir={tmp_path / 'out'}"],
+                              capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 1 and "cannot be read into this run's model" in exported.stderr
+    assert exported.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_an_m1_trained_on_other_images_is_refused(tmp_path):
+    stage = tmp_path / "m1"
+    stage.mkdir()
+    (stage / rundir.M1_WEIGHTS).write_bytes(b"")
+    rundir.write_json(str(stage / rundir.RESULTS), {
+        "m1": configs.to_dict(presets.M1_STAGE), "seed": 0, "dataset": "binary_alpha_digits",
+        "image_shape": [20, 16, 1]})
+    config = overrides.override(presets.get("m1m2"), {"m1_dir": str(stage)})
+    with pytest.raises(ValueError, match=r"holds an M1 of \[20, 16, 1\] images "
+                                         r"\(binary_alpha_digits\); this run's images are "
+                                         r"\[28, 28, 1\]"):
+        builders.adopt_m1(config, (28, 28, 1))
+    adopted = builders.adopt_m1(config, (20, 16, 1))
+    assert adopted.m1 == presets.M1_STAGE
 
 
 def test_paper_weighting_and_the_time_schedule_from_the_command_line(mnist_data_dir, tmp_path):
