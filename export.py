@@ -28,7 +28,7 @@ def main(argv):
     try:
         written = serving.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version,
                                      FLAGS.serving_base_path)
-    except (ValueError, FileExistsError) as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for name, path in written.items():

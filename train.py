@@ -90,18 +90,20 @@ def compose(flag_values):
     Raises:
       ValueError: one line naming the flag (or file) and what is wrong.
     """
-    config = presets.get(flag_values.model, labels=flag_values.labels, seed=flag_values.seed)
+    config = presets.get(flag_values.model)
     if flag_values.config_file:
         try:
             with open(flag_values.config_file) as f:
                 fields = json.load(f)
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:
             raise ValueError(f"--config_file {flag_values.config_file}: {error}") from None
         try:
             config = overrides.override(config, overrides.leaf_paths(fields))
         except configs.ConfigError as error:
             raise ValueError(f"--config_file {flag_values.config_file}: {error}") from None
-    updates, origin = {}, {}
+    # --labels and --seed always apply (their defaults too), after a config file.
+    updates = {"data.labels": flag_values.labels, "seed": flag_values.seed}
+    origin = {"data.labels": "--labels", "seed": "--seed"}
     data_dir = flag_values.data_dir or os.environ.get("TFDS_DATA_DIR")
     for name, _, pattern in FIELD_FLAGS:
         value = data_dir if name == "data_dir" else flag_values[name].value
@@ -147,7 +149,7 @@ def main(argv):
     started = time.perf_counter()
     try:
         results = pipeline.run(config, model_dir, command)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     split = results["eval_split"]

@@ -33,7 +33,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from benchmarks.records import command_line
-from ssl_dgm import data
+from ssl_dgm import data, rundir, serving
 
 flags.DEFINE_string("model_dir", None, "The run that was exported.", required=True)
 flags.DEFINE_string("export_dir", "saved_models", "Folder with classifier/ and generator/.")
@@ -46,10 +46,6 @@ flags.DEFINE_integer("latency_calls", 1000, "Batch-1 calls timed.")
 FLAGS = flags.FLAGS
 
 
-def newest(folder):
-    return os.path.join(folder, str(max(int(v) for v in os.listdir(folder) if v.isdigit())))
-
-
 def cnn(image_shape, num_classes):
     """The judge: two conv layers and a dense layer, trained on grey levels."""
     return keras.Sequential([
@@ -60,24 +56,29 @@ def cnn(image_shape, num_classes):
         keras.layers.Dense(128, activation="relu"), keras.layers.Dense(num_classes)])
 
 
-def judge(train, validation, folder, epochs, num_classes):
-    """The trained judge in `folder` (trained there first if absent) and its accuracy."""
+def judge(train, validation, folder, epochs, num_classes, dataset="mnist"):
+    """The trained judge in `folder` (trained there first if absent) and its accuracy.
+
+    A judge kept there is reused only if it was trained as asked (dataset, epochs,
+    training images); else it is trained again.
+    """
     path, record = os.path.join(folder, "judge.keras"), os.path.join(folder, "judge.json")
+    wanted = {"dataset": dataset, "epochs": epochs, "train_images": len(train)}
     if os.path.exists(path) and os.path.exists(record):
-        with open(record) as f:
-            return keras.models.load_model(path), json.load(f)
+        summary = rundir.read_json(record)
+        if all(summary.get(k) == v for k, v in wanted.items()):
+            return keras.models.load_model(path), summary
     keras.utils.set_random_seed(0)
     model = cnn(train.images.shape[1:], num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(train.images, train.labels, batch_size=128, epochs=epochs, verbose=0)
     accuracy = float(model.evaluate(validation.images, validation.labels, verbose=0)[1])
-    summary = {"validation_accuracy": accuracy, "epochs": epochs, "train_images": len(train),
+    summary = {**wanted, "validation_accuracy": accuracy,
                "architecture": "conv32-pool-conv64-pool-dense128, relu, Adam 1e-3, batch 128"}
     os.makedirs(folder, exist_ok=True)
     model.save(path)
-    with open(record, "w") as f:
-        json.dump(summary, f, indent=2)
+    rundir.write_json(record, summary)
     return model, summary
 
 
@@ -129,8 +130,8 @@ def _percent(values):
 
 def main(argv):
     del argv
-    classifier_dir = newest(os.path.join(FLAGS.export_dir, "classifier"))
-    generator_dir = newest(os.path.join(FLAGS.export_dir, "generator"))
+    classifier_dir = serving.newest(FLAGS.export_dir, "classifier")
+    generator_dir = serving.newest(FLAGS.export_dir, "generator")
     classify = tf.saved_model.load(classifier_dir).signatures["serving_default"]
     sample = tf.saved_model.load(generator_dir).signatures["sample"]
     image_shape = classify.structured_input_signature[1]["images"].shape[1:]
@@ -146,7 +147,7 @@ def main(argv):
                            train.labels[:FLAGS.judge_examples])
     validation = data.load_split("validation", dataset, FLAGS.data_dir)
     judge_model, judge_summary = judge(train, validation, FLAGS.judge_dir, FLAGS.judge_epochs,
-                                       num_classes)
+                                       num_classes, dataset)
     judged = consistency(lambda x: np.argmax(judge_model.predict_on_batch(x), -1), sample,
                          num_classes, FLAGS.per_class)
     own = consistency(lambda x: classify(images=x)["classes"].numpy(), sample, num_classes,
@@ -200,10 +201,8 @@ def main(argv):
         f"* Measured {card['date']} by `{command}`.", "",
         "Signatures: see `ssl_dgm/serving.py` (classifier `serving_default`; generator "
         "`generate`, `sample`, `analogies`).", ""]
-    with open(os.path.join(FLAGS.export_dir, "model_card.json"), "w") as f:
-        json.dump(card, f, indent=2)
-    with open(os.path.join(FLAGS.export_dir, "MODEL_CARD.md"), "w") as f:
-        f.write("\n".join(lines))
+    rundir.write_json(os.path.join(FLAGS.export_dir, "model_card.json"), card)
+    rundir.atomic_write(os.path.join(FLAGS.export_dir, "MODEL_CARD.md"), "\n".join(lines))
     print("\n".join(lines))
 
 

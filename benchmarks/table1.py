@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 
 from absl import app, flags
 
@@ -76,27 +77,37 @@ def m1_config(root, seed, labels, sets=(), eval_split="validation", data_dir=Non
     return _overridden(presets.get("m1", labels, seed), sets, eval_split, data_dir)
 
 
-def train_grid(command):
+def grid(label_counts, seeds):
+    """Every run of the grid, in training order: ``[(folder, config, M1 run or None)]``
+    where the M1 run is ``(folder, config)`` of the seed's shared M1.  Composing them
+    all first means a bad --set fails before anything trains."""
+    runs = []
+    for seed in seeds:
+        shared = (m1_run_dir(FLAGS.root, seed),
+                  m1_config(FLAGS.root, seed, label_counts[0], FLAGS.set, FLAGS.eval_split,
+                            FLAGS.data_dir))
+        for model in FLAGS.models:
+            for n in label_counts:
+                config = grid_config(FLAGS.root, model, n, seed, FLAGS.set, FLAGS.eval_split,
+                                     FLAGS.data_dir)
+                runs.append((run_dir(FLAGS.root, model, n, seed), config,
+                             shared if config.m1_dir else None))
+    return runs
+
+
+def train_grid(runs, command):
     from ssl_dgm import rundir
     from ssl_dgm.train import pipeline
 
-    labels = [int(n) for n in FLAGS.labels]
-    for seed in map(int, FLAGS.seeds):
-        for model in FLAGS.models:
-            for n in labels:
-                folder = run_dir(FLAGS.root, model, n, seed)
-                config = grid_config(FLAGS.root, model, n, seed, FLAGS.set, FLAGS.eval_split,
-                                     FLAGS.data_dir)
-                if config.m1_dir and not rundir.is_finished(config.m1_dir):
-                    print(f"== {m1_run_dir(FLAGS.root, seed)}: the M1 of seed {seed}")
-                    pipeline.run(m1_config(FLAGS.root, seed, labels[0], FLAGS.set,
-                                           FLAGS.eval_split, FLAGS.data_dir),
-                                 m1_run_dir(FLAGS.root, seed), command)
-                print(f"== {folder}")
-                pipeline.run(config, folder, command)
+    for folder, config, shared in runs:
+        if shared and not rundir.is_finished(config.m1_dir):
+            print(f"== {shared[0]}: the M1 of seed {config.seed}")
+            pipeline.run(shared[1], shared[0], command)
+        print(f"== {folder}")
+        pipeline.run(config, folder, command)
 
 
-def collect(root, models, label_counts, seeds):
+def collect(root, models, label_counts, seeds, eval_split):
     cells = {}
     for model in models:
         for labels in label_counts:
@@ -107,6 +118,9 @@ def collect(root, models, label_counts, seeds):
                     continue
                 with open(path) as f:
                     results = json.load(f)
+                if results["eval_split"] != eval_split:
+                    raise ValueError(f"{path} reports the {results['eval_split']} split, not "
+                                     f"--eval_split={eval_split}")
                 grayscale = results.get("eval_error_grayscale")
                 runs.append({"seed": seed, "error": 100 * results["eval_error"],
                              "error_grayscale": None if grayscale is None else 100 * grayscale,
@@ -176,15 +190,18 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
 def main(argv):
     del argv
     command = command_line("benchmarks.table1")
-    label_counts = [int(n) for n in FLAGS.labels]
-    seeds = [int(s) for s in FLAGS.seeds]
-    for model in FLAGS.models:
-        presets.get(model)  # an unknown preset fails before any training
-    if not FLAGS.report_only:
-        from ssl_dgm import quiet
-        quiet.quiet_tensorflow(verbose=FLAGS["verbosity"].present)
-        train_grid(command)
-    cells = collect(FLAGS.root, FLAGS.models, label_counts, seeds)
+    try:
+        label_counts = [int(n) for n in FLAGS.labels]
+        seeds = [int(s) for s in FLAGS.seeds]
+        runs = grid(label_counts, seeds)  # every config checked before any training
+        if not FLAGS.report_only:
+            from ssl_dgm import quiet
+            quiet.quiet_tensorflow(verbose=FLAGS["verbosity"].present)
+            train_grid(runs, command)
+        cells = collect(FLAGS.root, FLAGS.models, label_counts, seeds, FLAGS.eval_split)
+    except (ValueError, OSError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     text, missing, minutes = report(cells, command, FLAGS.models, label_counts, seeds,
                                     FLAGS.eval_split, FLAGS.set, FLAGS.report_only)
     write_report(FLAGS.output, text, {"command": command, "split": FLAGS.eval_split,

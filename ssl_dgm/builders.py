@@ -6,7 +6,9 @@ classes and image shape) into built Keras models, for training, for export
 """
 
 import dataclasses
+import glob
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -73,6 +75,39 @@ def weights_by_path(model):
             raise ValueError(f"two variables of {model.name} share the path {key}")
         weights[key] = variable
     return weights
+
+
+def checkpoint_prefixes(directory, indexed=()):
+    """Checkpoint prefixes in `directory`, newest first: those of the ``checkpoint``
+    index (`indexed`) and every ``ckpt-N`` whose files are there, index or not."""
+    found = set(indexed) | {p[:-len(".index")]
+                            for p in glob.glob(os.path.join(directory, "ckpt-*.index"))}
+    numbered = [p for p in found if re.search(r"ckpt-\d+$", p)]
+    return sorted(numbered, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
+
+
+def restore_newest(checkpoint, directory, indexed=(), warn=None):
+    """Restores the newest checkpoint in `directory` that reads whole; returns its prefix.
+
+    A checkpoint that cannot be read (a missing or damaged file) is skipped, with
+    ``warn(prefix)``, for the next older one.  Returns None if there is none at all.
+
+    Raises:
+      ValueError: there are checkpoints, but none of them can be read.
+    """
+    prefixes = checkpoint_prefixes(directory, indexed)
+    for prefix in prefixes:
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+            return prefix
+        except (tf.errors.OpError, AssertionError, ValueError):
+            if warn is not None:
+                warn(prefix)
+    if prefixes:
+        raise ValueError(f"none of the checkpoints in {directory} can be read into this "
+                         f"model ({', '.join(os.path.basename(p) for p in prefixes)}); "
+                         f"restore them, or remove the folder to start over")
+    return None
 
 
 def m1_summary_config(summary, stage_dir):
@@ -157,13 +192,12 @@ def load_trained(model_dir):
     m1 = load_m1(m1_stage_dir(config, model_dir))[0] if config.model == "m1m2" else None
     model = build_m2(config, results["num_classes"], int(np.prod(results["image_shape"])),
                      results["num_train"], m1, results.get("m1_active_dimensions"))
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if latest is None:
-        raise ValueError(f"{model_dir} has no checkpoint to load")
     checkpoint = tf.train.Checkpoint(weights=weights_by_path(model))
-    try:
-        checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as error:
-        raise ValueError(f"{latest} cannot be read into this run's model "
-                         f"({str(error).splitlines()[0]})") from None
+    restored = restore_newest(checkpoint, os.path.join(model_dir, "checkpoints"))
+    if restored is None:
+        raise ValueError(f"{model_dir} has no checkpoint to load")
+    if restored != checkpoint_prefixes(os.path.join(model_dir, "checkpoints"))[0]:
+        raise ValueError(f"the newest checkpoint of {model_dir} cannot be read into this "
+                         f"run's model; restore it (an older one would not be the run's "
+                         f"final weights)")
     return model, config, results

@@ -246,7 +246,7 @@ class ExperimentConfig:
       schema_version: the version of this layout, `SCHEMA_VERSION`.
     """
 
-    model: str = "m2"
+    model: str
     seed: int = 0
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     m1: Optional[M1Config] = None
@@ -342,6 +342,8 @@ def build(cls, fields, prefix=""):
 
 def from_dict(stored: Mapping[str, Any]) -> ExperimentConfig:
     """The `ExperimentConfig` of a `to_dict` record (of this `SCHEMA_VERSION`)."""
+    if not isinstance(stored, Mapping):
+        raise ConfigError("config", f"must be a mapping of fields, got {type(stored).__name__}")
     version = stored.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ConfigError("schema_version", f"is {version!r}; this ssl_dgm reads version "

@@ -116,8 +116,13 @@ def download(dataset, data_dir=None):
             target = os.path.join(root, os.path.basename(prepared))
             os.makedirs(target, exist_ok=True)
             for version in os.listdir(prepared):
-                if not os.path.exists(os.path.join(target, version)):
-                    shutil.move(os.path.join(prepared, version), os.path.join(target, version))
+                final = os.path.join(target, version)
+                if os.path.exists(final):
+                    continue
+                # Copied under a hidden name, then renamed: TFDS never sees half a copy.
+                partial = os.path.join(target, f".partial-{version}-{os.getpid()}")
+                shutil.copytree(os.path.join(prepared, version), partial)
+                os.replace(partial, final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

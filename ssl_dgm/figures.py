@@ -16,14 +16,13 @@ export.py saves (from the SavedModel itself with --export_dir, or the same
 what the SavedModel gives.
 """
 
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from ssl_dgm import builders, data, serving
+from ssl_dgm import builders, data, rundir, serving
 
 
 def _save_grid(tiles, path, title, first_column_divider=False):
@@ -64,15 +63,10 @@ def load_generator(model_dir=None, export_dir=None):
     with `tf.saved_model.load` alone), or the `serving.Generator` of the finished run
     in `model_dir`; dataset is the TFDS name its validation images come from."""
     if export_dir is not None:
-        folder = os.path.join(export_dir, "generator")
-        versions = sorted(int(v) for v in os.listdir(folder) if v.isdigit()) \
-            if os.path.isdir(folder) else []
-        if not versions:
-            raise ValueError(f"{folder} holds no exported version")
         card = os.path.join(export_dir, "model_card.json")
-        dataset = json.load(open(card)).get("dataset", "mnist") if os.path.exists(card) \
+        dataset = rundir.read_json(card).get("dataset", "mnist") if os.path.exists(card) \
             else "mnist"
-        return tf.saved_model.load(os.path.join(folder, str(versions[-1]))), dataset
+        return tf.saved_model.load(serving.newest(export_dir, "generator")), dataset
     model, config, results = builders.load_trained(model_dir)
     return serving.Generator(model, results["image_shape"]), config.data.dataset
 

@@ -124,7 +124,7 @@ class SpreadingClassifier(keras.Model):
       distributions: ``[n, classes]`` their label distributions.
       sigma: the graph's kernel width.
       k: neighbours per prediction.
-      vote: ``"labels"`` (better on validation: benchmarks/spreading_grid.py) or
+      vote: ``"labels"`` (better on validation: docs/spreading_grid.md) or
         ``"distributions"``.
     """
 

@@ -43,6 +43,8 @@ def field_type(path):
     cls, hint = configs.ExperimentConfig, None
     parts = path.split(".")
     for depth, name in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            raise configs.ConfigError(".".join(parts[:depth]), "is a field, not a section")
         hints = typing.get_type_hints(cls)
         if name not in hints:
             raise configs.ConfigError(".".join(parts[:depth + 1]),
@@ -79,6 +81,9 @@ def override(config, updates: Mapping[str, Any]):
 
 def leaf_paths(fields: Mapping[str, Any], prefix=""):
     """A nested mapping (a config file) as ``{dotted path: value}`` of its leaves."""
+    if not isinstance(fields, Mapping):
+        raise configs.ConfigError(prefix.rstrip(".") or "the config",
+                                  f"must be a mapping of fields, got {fields!r}")
     leaves = {}
     for name, value in fields.items():
         hint = field_type(prefix + name)

@@ -10,10 +10,11 @@
                            m1.weights.h5; its results.json describes the M1)
     .lock                  held by the process training in the folder
 
-Every file is written whole (a temporary file, then one rename) with the
-permissions the process's umask gives, so a reader never sees half a file and a
-server running as another user can read what it needs.  This module imports no
-TensorFlow.
+Records are written whole (a temporary file, then one rename; commands.txt and
+history.csv are appended a line at a time) with the permissions the process's
+umask gives, so a reader never sees half a record and a server running as
+another user can read what it needs.  TensorBoard's ``logs/`` sit beside them.
+This module imports no TensorFlow.
 """
 
 import errno
@@ -32,18 +33,26 @@ LOCK = ".lock"
 
 # Fields a resumed run may change: where the data lives, how the steps run, how
 # long the stages train, which split is reported.
-RESUMABLE = ("data.data_dir", "data.eval_split", "runtime.*", "m1_dir",
+RESUMABLE = ("data.data_dir", "data.eval_split", "runtime.*",
              "*.optimization.epochs", "*.optimization.time_budget_minutes")
 # Fields that may differ between a finished run and a description of it: where it
 # was trained from, not what was trained or reported.
 PLACEMENT = ("data.data_dir", "runtime.*", "m1_dir")
 
 
-def umask():
-    """The process's umask (read by setting it and setting it back)."""
+def _read_umask():
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: reading it means setting it, which must not race other threads.
+_UMASK = _read_umask()
+
+
+def umask():
+    """The process's umask."""
+    return _UMASK
 
 
 def file_mode():
@@ -122,7 +131,7 @@ def check_same_config(folder, config, free=RESUMABLE):
         details = ", ".join(f"{path}: {old!r} there, {new!r} now"
                             for path, old, new in differing)
         raise ValueError(f"{folder} holds a run made with other settings ({details}); "
-                         f"use a new --model_dir, or the same settings to resume it")
+                         f"use a new run folder, or the same settings to resume it")
 
 
 class FolderLock:
@@ -138,50 +147,63 @@ class FolderLock:
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
             self.file.seek(0)
             holder = self.file.read().strip() or "another process"
             self.file.close()
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise ValueError(f"cannot lock {folder} ({error.strerror})") from None
             raise ValueError(f"{folder} is in use by process {holder}; wait for it to "
-                             f"finish or use another --model_dir") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
+                             f"finish or use another folder") from None
+        try:
+            self.file.seek(0)
+            self.file.truncate()
+            self.file.write(str(os.getpid()))
+            self.file.flush()
+        except BaseException:
+            self.file.close()
+            raise
 
     def release(self):
         if not self.file.closed:
             self.file.close()
 
 
-def create(folder, config, command=None):
-    """Creates (or reopens) the run folder, locks it, and records `config`.
-
-    Call once everything `config` names has been checked: nothing is written
-    before that.  A folder made with other settings is refused (`check_same_config`).
-
-    Returns:
-      The `FolderLock`, to hold until the run ends.
-    """
+def lock(folder):
+    """Creates (or reopens) the run folder and locks it; returns the `FolderLock`."""
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise ValueError(f"--model_dir {folder} is a file; give a folder")
+        raise ValueError(f"the run folder {folder} is a file; give a folder")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise ValueError(f"cannot create the run folder {folder}: {error.strerror}; "
-                         f"choose a writable --model_dir") from None
+                         f"choose a writable one") from None
     if not os.access(folder, os.W_OK):
-        raise ValueError(f"the run folder {folder} is not writable; choose another "
-                         f"--model_dir")
-    lock = FolderLock(folder)
+        raise ValueError(f"the run folder {folder} is not writable; choose another")
+    return FolderLock(folder)
+
+
+def record(folder, config, command=None):
+    """Records `config` (and `command`) in a locked folder, refusing other settings.
+
+    Call once everything `config` names has been checked: nothing is written before.
+    """
+    check_same_config(folder, config)
+    write_json(os.path.join(folder, CONFIG), configs.to_dict(config))
+    if command:
+        with open(os.path.join(folder, "commands.txt"), "a") as f:
+            f.write(command + "\n")
+
+
+def create(folder, config, command=None):
+    """`lock`, then `record`: the folder of a run about to train.
+
+    Returns:
+      The `FolderLock`, to hold until the run ends.
+    """
+    held = lock(folder)
     try:
-        check_same_config(folder, config)
-        write_json(os.path.join(folder, CONFIG), configs.to_dict(config))
-        if command:
-            with open(os.path.join(folder, "commands.txt"), "a") as f:
-                f.write(command + "\n")
+        record(folder, config, command)
     except BaseException:
-        lock.release()
+        held.release()
         raise
-    return lock
+    return held

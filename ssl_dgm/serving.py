@@ -24,6 +24,7 @@ so a server polling the folder never sees a half-written model.
 
 import os
 import shutil
+import socket
 import tempfile
 
 import tensorflow as tf
@@ -120,20 +121,39 @@ class Generator(tf.Module):
                 "analogies": self.analogies}
 
 
+def versions(export_dir, name):
+    """The integer versions in ``export_dir/name``, ascending (none if it is absent)."""
+    folder = os.path.join(export_dir, name)
+    return sorted(int(v) for v in os.listdir(folder) if v.isdigit()) \
+        if os.path.isdir(folder) else []
+
+
 def next_version(export_dir, name):
     """One more than the largest integer version in ``export_dir/name`` (1 if none)."""
-    folder = os.path.join(export_dir, name)
-    versions = [int(v) for v in os.listdir(folder) if v.isdigit()] if os.path.isdir(folder) else []
-    return max(versions, default=0) + 1
+    return max(versions(export_dir, name), default=0) + 1
+
+
+def newest(export_dir, name):
+    """The folder of the newest version of ``export_dir/name``."""
+    found = versions(export_dir, name)
+    if not found:
+        raise ValueError(f"{os.path.join(export_dir, name)} holds no exported version")
+    return os.path.join(export_dir, name, str(found[-1]))
+
+
+# Temporaries carry the host, so that a shared export folder's cleanup leaves other
+# machines' exports alone (their pids mean nothing here).
+_HOST = socket.gethostname().replace("-", "_")
 
 
 def _remove_stale_temporaries(folder):
-    """Removes ``.tmp-*`` folders left by exports whose process is gone."""
+    """Removes ``.tmp-*`` folders left by exports of this host whose process is gone."""
     if not os.path.isdir(folder):
         return
     for name in os.listdir(folder):
-        parts = name.split("-")
-        if name.startswith(".tmp-") and len(parts) >= 4 and parts[2].isdigit():
+        parts = name.split("-")  # .tmp-VERSION-PID-HOST-random
+        if (name.startswith(".tmp-") and len(parts) >= 5 and parts[2].isdigit()
+                and parts[3] == _HOST):
             try:
                 os.kill(int(parts[2]), 0)
             except ProcessLookupError:
@@ -147,7 +167,7 @@ def _write_temporary(module, export_dir, name, version):
     folder = os.path.join(export_dir, name)
     os.makedirs(folder, exist_ok=True)
     _remove_stale_temporaries(folder)
-    temporary = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=folder)
+    temporary = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-{_HOST}-", dir=folder)
     try:
         # mkdtemp makes an owner-only folder; a server running as another user must read it.
         os.chmod(temporary, 0o777 & ~rundir.umask())
@@ -177,15 +197,6 @@ def check_targets(export_dir, names, version):
             raise FileExistsError(f"{finals[name]} exists; TF Serving versions are "
                                   f"immutable, choose another --version")
     return finals
-
-
-def save_atomically(module, export_dir, name, version):
-    """Writes ``export_dir/name/version`` via a temporary folder and one rename.
-
-    Raises:
-      FileExistsError: that version exists already (versions are immutable).
-    """
-    return save_all({name: module}, export_dir, version)[name]
 
 
 def save_all(modules, export_dir, version):

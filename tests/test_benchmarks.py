@@ -200,10 +200,9 @@ def test_model_card_grades_the_generator_with_an_independent_judge(mnist_data_di
     assert done.returncode == 0, done.stderr[-3000:]
     card = json.loads((tmp_path / "export" / "model_card.json").read_text())
     judge = json.loads((tmp_path / "judge" / "judge.json").read_text())
-    assert card["judge"] == judge and judge["train_images"] == 2000
+    assert (judge["dataset"], judge["epochs"], judge["train_images"]) == ("mnist", 1, 2000)
     assert 0.5 < judge["validation_accuracy"] <= 1.0  # a real classifier, not chance
-    assert len(card["class_consistency_per_class"]) == 10
-    assert card["class_consistency"] == pytest.approx(np.mean(card["class_consistency_per_class"]))
+    assert card["judge"] == judge and len(card["class_consistency_per_class"]) == 10
     # The shipped classifier's numbers, recomputed here from the model itself.
     validation = data.load_split("validation", data_dir=mnist_data_dir)
     grey = np.mean(np.argmax(model.predict(validation.images, verbose=0), -1)

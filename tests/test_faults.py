@@ -135,6 +135,24 @@ def test_resume_falls_back_to_an_older_checkpoint_and_keeps_one_row_per_epoch(
     assert json.loads((run_dir / "results.json").read_text())["epochs_done"] == 3
 
 
+def test_a_run_whose_checkpoints_are_all_unreadable_is_not_restarted(mnist_data_dir,
+                                                                      tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_train([*SMALL, "--epochs=2", f"--model_dir={run_dir}"], mnist_data_dir,
+                      tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run_dir / "results.json").unlink()
+    for path in (run_dir / "checkpoints").glob("ckpt-*.data-*"):
+        path.unlink()
+    kept = sorted(os.listdir(run_dir / "checkpoints"))
+    again = run_train([*SMALL, "--epochs=3", f"--model_dir={run_dir}"], mnist_data_dir,
+                      tmp_path)
+    assert again.returncode == 1, again.stderr[-2000:]
+    assert "none of the checkpoints in" in again.stderr and "(ckpt-2, ckpt-1)" in again.stderr
+    assert sorted(os.listdir(run_dir / "checkpoints")) == kept  # nothing overwritten
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 3
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--labels=7"], "--labels=7 must be a positive multiple of the number of classes (10)"),
     (["--dataset=mnistt"], "unknown TFDS dataset 'mnistt'"),
@@ -157,7 +175,7 @@ def test_files_where_folders_belong_and_damaged_records_are_one_line_errors(
     a_file = tmp_path / "file"
     a_file.write_text("x")
     done = run_train([*SMALL, f"--model_dir={a_file}"], mnist_data_dir, tmp_path)
-    assert done.returncode == 1 and f"--model_dir {a_file} is a file" in done.stderr
+    assert done.returncode == 1 and f"the run folder {a_file} is a file" in done.stderr
     run_dir = tmp_path / "run"
     rundir.create(str(run_dir), presets.get("m2")).release()
     (run_dir / "config.json").write_text('{"model": "m2", "se')  # truncated

@@ -48,8 +48,8 @@ def images(n, seed=0):
 def exported(request, tmp_path_factory):
     model = tiny_m2() if request.param == "m2" else tiny_m1m2()
     base = tmp_path_factory.mktemp(request.param)
-    for module in (serving.Classifier(model, IMAGE_SHAPE), serving.Generator(model, IMAGE_SHAPE)):
-        serving.save_atomically(module, str(base), module.name, 1)
+    serving.save_all({"classifier": serving.Classifier(model, IMAGE_SHAPE),
+                      "generator": serving.Generator(model, IMAGE_SHAPE)}, str(base), 1)
     return model, base
 
 
@@ -58,7 +58,7 @@ def test_versions_are_written_atomically_and_never_overwritten(exported, tmp_pat
     assert sorted(os.listdir(base / "classifier")) == ["1"]  # no temporary left behind
     assert serving.next_version(str(base), "classifier") == 2
     with pytest.raises(FileExistsError, match="immutable"):
-        serving.save_atomically(serving.Classifier(model, IMAGE_SHAPE), str(base), "classifier", 1)
+        serving.save_all({"classifier": serving.Classifier(model, IMAGE_SHAPE)}, str(base), 1)
 
 
 def test_failed_export_leaves_no_version_folder(tmp_path):
@@ -66,7 +66,7 @@ def test_failed_export_leaves_no_version_folder(tmp_path):
         def signatures(self):
             raise RuntimeError("disk full")
     with pytest.raises(RuntimeError):
-        serving.save_atomically(Broken(tiny_m2(), IMAGE_SHAPE), str(tmp_path), "classifier", 3)
+        serving.save_all({"classifier": Broken(tiny_m2(), IMAGE_SHAPE)}, str(tmp_path), 3)
     assert os.listdir(tmp_path / "classifier") == []
 
 
@@ -305,7 +305,8 @@ def test_generator_refuses_z_of_the_wrong_width_and_non_finite_z(exported):
         module._generate(tf.constant([1]), tf.zeros([1, LATENT + 3]))
 
 
-def test_an_export_writes_both_models_or_neither_with_readable_permissions(tmp_path):
+def test_an_export_writes_both_models_or_neither_with_readable_permissions(tmp_path,
+                                                                         monkeypatch):
     model = tiny_m2()
     modules = {"classifier": serving.Classifier(model, IMAGE_SHAPE),
                "generator": serving.Generator(model, IMAGE_SHAPE)}
@@ -322,7 +323,7 @@ def test_an_export_writes_both_models_or_neither_with_readable_permissions(tmp_p
         serving.save_all(modules, str(tmp_path), 2)
     assert not (tmp_path / "classifier" / "2").exists()
     # A failure while saving the second removes the first; a dead export's temporary goes.
-    stale = tmp_path / "classifier" / ".tmp-3-999999999-abc"
+    stale = tmp_path / "classifier" / f".tmp-3-999999999-{serving._HOST}-abc"
     stale.mkdir()
 
     class Broken(serving.Generator):
@@ -331,6 +332,22 @@ def test_an_export_writes_both_models_or_neither_with_readable_permissions(tmp_p
     with pytest.raises(RuntimeError, match="disk full"):
         serving.save_all({"classifier": modules["classifier"],
                           "generator": Broken(model, IMAGE_SHAPE)}, str(tmp_path), 3)
+    assert sorted(os.listdir(tmp_path / "classifier")) == ["1"]
+    assert sorted(os.listdir(tmp_path / "generator")) == ["1", "2"]
+    # A failure after the first rename removes the version already in place.
+    renames = []
+
+    def second_rename_fails(source, target):
+        renames.append(target)
+        if len(renames) == 2:
+            raise OSError("no space left on device")
+        os.rename(source, target)
+
+    monkeypatch.setattr(serving.os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="no space left"):
+        serving.save_all(modules, str(tmp_path), 4)
+    monkeypatch.undo()
+    assert renames[0] == str(tmp_path / "classifier" / "4")
     assert sorted(os.listdir(tmp_path / "classifier")) == ["1"]
     assert sorted(os.listdir(tmp_path / "generator")) == ["1", "2"]
     for version, message in ((0, "positive integer"), (-1, "positive integer")):

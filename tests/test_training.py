@@ -87,6 +87,21 @@ def test_time_cosine_decays_over_the_budget_and_drives_a_compiled_fit():
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1.4645e-4, rel=1e-3)
 
 
+def test_progress_line_counts_down_and_never_below_zero():
+    class Clock:
+        epoch_start = 0.0
+
+        def train_minutes(self):
+            return 31.0  # past the 30-minute budget
+
+    lines = []
+    progress = callbacks.Progress("M2", 600, Clock(), time_budget_minutes=30, say=lines.append)
+    progress.on_epoch_end(9, {"loss": 95.123, "val_error": 0.0721})
+    assert lines[-1].startswith("M2 epoch 10/600  loss 95.12  val error 7.21%  ")
+    assert lines[-1].endswith("ETA 0 s")
+    assert callbacks._minutes(50 * 60) == "50 min" and callbacks._minutes(7200) == "2.0 h"
+
+
 def test_logit_of_mean_inverts_to_the_mean_image():
     images = np.random.default_rng(0).uniform(0.1, 0.9, size=(50, 4, 4, 1)).astype(np.float32)
     bias = builders.logit_of_mean(images)

@@ -8,16 +8,13 @@ the checkpoint, so a kill between the two leaves a row the resumed run rewrites
 
 import csv
 import io
-import glob
 import math
 import os
-import re
 import statistics
 import time
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from ssl_dgm import builders, rundir
 
@@ -54,32 +51,20 @@ class Checkpointing(keras.callbacks.Callback):
         self.epoch_start = self.last_save = time.perf_counter()
         self.seconds_before, self.train_end = 0.0, None
 
-    def candidates(self):
-        """Checkpoint prefixes in the folder, newest first (with or without the index)."""
-        found = set(self.manager.checkpoints)
-        found.update(p[:-len(".index")] for p in glob.glob(os.path.join(self.directory,
-                                                                        "ckpt-*.index")))
-        number = lambda p: int(re.search(r"ckpt-(\d+)$", p).group(1))  # noqa: E731
-        return sorted((p for p in found if re.search(r"ckpt-\d+$", p)), key=number,
-                      reverse=True)
-
     def restore(self):
         """Restores the newest readable checkpoint, if any; returns the epochs done.
 
-        A checkpoint that cannot be read (a missing or damaged file) is skipped
-        with a warning for the next older one.
+        A checkpoint that cannot be read (a missing or damaged file) is skipped, with
+        a warning, for the next older one; if none can be read, `ValueError` (never
+        a silent restart that would overwrite them).
         """
-        for prefix in self.candidates():
-            try:
-                self.checkpoint.restore(prefix).assert_existing_objects_matched()
-            except (tf.errors.OpError, AssertionError, ValueError) as error:
-                logging.warning("checkpoint %s is unreadable (%s)", prefix,
-                                str(error).splitlines()[0])
-                self.say(f"warning: checkpoint {prefix} cannot be read; trying an older one")
-                continue
-            self.say(f"resumed from {prefix} (epoch {int(self.epoch.numpy())})")
-            return int(self.epoch.numpy())
-        return 0
+        restored = builders.restore_newest(
+            self.checkpoint, self.directory, self.manager.checkpoints,
+            warn=lambda p: self.say(f"warning: checkpoint {p} cannot be read; trying an "
+                                    f"older one"))
+        if restored is not None:
+            self.say(f"resumed from {restored} (epoch {int(self.epoch.numpy())})")
+        return int(self.epoch.numpy())
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = self.last_save = time.perf_counter()
@@ -218,9 +203,10 @@ class History(keras.callbacks.Callback):
 
 
 def _minutes(seconds):
+    seconds = max(seconds, 0.0)
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
-    return f"{max(seconds, 0) / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 class Progress(keras.callbacks.Callback):

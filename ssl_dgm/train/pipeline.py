@@ -35,6 +35,7 @@ class Inputs:
     train: data.Split
     validation: data.Split
     labeled_indices: np.ndarray
+    evaluation: dict  # {split name: data.Split} reported at the end
 
 
 def prepare(config: configs.ExperimentConfig) -> Inputs:
@@ -49,10 +50,6 @@ def prepare(config: configs.ExperimentConfig) -> Inputs:
     info = data.dataset_info(settings.dataset, settings.data_dir)
     info.check_split("train")
     info.check_split(settings.eval_split)
-    if settings.labels % info.num_classes:
-        raise ValueError(f"--labels={settings.labels} must be a positive multiple of the "
-                         f"number of classes ({info.num_classes}) so that every class gets "
-                         f"as many")
     if config.m1_dir is not None:
         config = builders.adopt_m1(config, info.image_shape)
     train = data.load_split("train", settings.dataset, settings.data_dir, info)
@@ -68,7 +65,11 @@ def prepare(config: configs.ExperimentConfig) -> Inputs:
     indices = data.labeled_indices(train.labels, settings.labels, info.num_classes,
                                    config.seed)
     validation = data.load_split("validation", settings.dataset, settings.data_dir, info)
-    return Inputs(config, info, train, validation, indices)
+    evaluation = {"validation": validation}
+    if settings.eval_split != "validation":  # loaded now: a bad slice fails before training
+        evaluation[settings.eval_split] = data.load_split(settings.eval_split, settings.dataset,
+                                                          settings.data_dir, info)
+    return Inputs(config, info, train, validation, indices, evaluation)
 
 
 def run(config: configs.ExperimentConfig, model_dir: str, command=None, say=print):
@@ -94,15 +95,22 @@ def run(config: configs.ExperimentConfig, model_dir: str, command=None, say=prin
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _finished(config, model_dir, say):
+    rundir.check_same_config(model_dir, config, rundir.PLACEMENT)
+    say(f"{model_dir} holds this run, finished: reporting its results")
+    return rundir.read_json(os.path.join(model_dir, rundir.RESULTS))
+
+
 def _run(config, model_dir, command, say):
     inputs = prepare(config)
     config = inputs.config
-    if rundir.is_finished(model_dir):
-        rundir.check_same_config(model_dir, config, rundir.PLACEMENT)
-        say(f"{model_dir} holds this run, finished: reporting its results")
-        return rundir.read_json(os.path.join(model_dir, rundir.RESULTS))
-    lock = rundir.create(model_dir, config, command)
+    if rundir.is_finished(model_dir):  # read-only: a finished folder is not touched
+        return _finished(config, model_dir, say)
+    lock = rundir.lock(model_dir)
     try:
+        if rundir.is_finished(model_dir):  # finished by another process meanwhile
+            return _finished(config, model_dir, say)
+        rundir.record(model_dir, config, command)
         return _train(config, inputs, model_dir, say)
     finally:
         lock.release()
@@ -140,11 +148,7 @@ def _train(config, inputs, model_dir, say):
 
     results["total_train_minutes"] = (results["train_minutes"]
                                       + results.get("m1", {}).get("train_minutes", 0.0))
-    splits = {"validation": validation}
-    if config.data.eval_split != "validation":
-        splits[config.data.eval_split] = data.load_split(
-            config.data.eval_split, config.data.dataset, config.data.data_dir, inputs.info)
-    for name, split in splits.items():
+    for name, split in inputs.evaluation.items():
         results.update({f"{name}_{key}": error for key, error in
                         split_errors(model, split, config.seed, binarize).items()})
     results["eval_split"] = config.data.eval_split
