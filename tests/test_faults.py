@@ -203,6 +203,16 @@ def test_a_folder_in_use_refuses_a_second_command(mnist_data_dir, tmp_path):
         holder.wait()
 
 
+def test_a_multi_worker_run_does_not_resume(mnist_data_dir, tmp_path):
+    (tmp_path / "r" / "checkpoints").mkdir(parents=True)
+    env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir, TF_CONFIG=json.dumps(
+        {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *SMALL,
+                           "--strategy=multi_worker", f"--model_dir={tmp_path / 'r'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "a multi-worker run does not resume" in done.stderr
+
+
 def test_malformed_tf_config_is_one_line(mnist_data_dir, tmp_path):
     env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir, TF_CONFIG='{"cluster": ')
     done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *SMALL,

@@ -83,6 +83,12 @@ def run(config: configs.ExperimentConfig, model_dir: str, command=None, say=prin
     Returns:
       The results dict also written to ``results.json``.
     """
+    if (config.runtime.strategy == "multi_worker"
+            and os.path.isdir(os.path.join(model_dir, "checkpoints"))):
+        # Only the chief reads the folder, so workers would start over beside a
+        # resumed chief and their collectives would disagree.
+        raise ValueError(f"{model_dir} holds checkpoints: a multi-worker run does not "
+                         f"resume; start it in a new run folder")
     strategy = make_strategy(config.runtime.strategy)
     if is_chief(strategy):
         with strategy.scope():
