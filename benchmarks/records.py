@@ -1,17 +1,11 @@
-"""What the benchmark scripts share: reading a run's records (no TensorFlow) and
-writing a report beside the command that produced it."""
+"""What the benchmark scripts share: writing a report beside the command that
+produced it.  (A run's records are read with `ssl_dgm.rundir`, which imports no
+TensorFlow.)"""
 
-import csv
 import json
 import os
 import shlex
 import sys
-
-
-def read_history(path):
-    """history.csv as a list of {column: float} per epoch."""
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def command_line(module=None):

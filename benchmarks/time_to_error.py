@@ -18,7 +18,8 @@ import platform
 
 from absl import app, flags
 
-from benchmarks.records import command_line, read_history, write_report
+from benchmarks.records import command_line, write_report
+from ssl_dgm.rundir import read_history
 from ssl_dgm.paper import NAMES, TABLE1
 
 flags.DEFINE_multi_string("run_dir", None, "Finished run directories.", required=True)

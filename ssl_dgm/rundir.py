@@ -17,6 +17,7 @@ another user can read what it needs.  TensorBoard's ``logs/`` sit beside them.
 This module imports no TensorFlow.
 """
 
+import csv
 import errno
 import fcntl
 import fnmatch
@@ -91,6 +92,22 @@ def read_json(path):
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); "
                          f"restore it or remove the run folder") from None
+
+
+def read_history(path):
+    """history.csv's rows as dicts of floats; a torn last line (a kill mid-write) is
+    dropped."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = []
+    for row in rows:
+        try:
+            kept.append({k: float(v) for k, v in row.items()})
+        except (TypeError, ValueError):
+            break
+    return kept
 
 
 def is_finished(folder):

@@ -136,22 +136,6 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 f"Last good checkpoint: {last}")
 
 
-def read_history(path):
-    """history.csv's rows as dicts of floats; a torn last line (a kill mid-write) is
-    dropped."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    kept = []
-    for row in rows:
-        try:
-            kept.append({k: float(v) for k, v in row.items()})
-        except (TypeError, ValueError):
-            break
-    return kept
-
-
 class History(keras.callbacks.Callback):
     """One CSV row per finished epoch: training minutes so far, seconds, all metrics.
 
@@ -169,7 +153,7 @@ class History(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         done = int(self.checkpointing.epoch.numpy())
-        rows = [r for r in read_history(self.path) if int(r["epoch"]) <= done]
+        rows = [r for r in rundir.read_history(self.path) if int(r["epoch"]) <= done]
         self.fields = list(rows[0]) if rows else None
         if os.path.exists(self.path):
             rundir.atomic_write(self.path, self._csv(rows, header=True))
