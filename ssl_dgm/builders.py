@@ -110,20 +110,11 @@ def restore_newest(checkpoint, directory, indexed=(), warn=None):
     return None
 
 
-def m1_summary_config(summary, stage_dir):
-    """The `M1Config` a finished M1 stage's results.json records."""
-    try:
-        return configs.build(configs.M1Config, summary["m1"])
-    except (KeyError, TypeError, configs.ConfigError) as error:
-        raise ValueError(f"{stage_dir} does not hold an M1 of this ssl_dgm version "
-                         f"({error}); train a new one") from None
-
-
 def read_m1_summary(stage_dir):
-    """A finished M1 stage's results.json, checked to be complete.
+    """A finished M1 stage's results.json and the `M1Config` it records.
 
     Raises:
-      ValueError: `stage_dir` holds no finished M1.
+      ValueError: `stage_dir` holds no finished M1 of this ssl_dgm version.
     """
     results = os.path.join(stage_dir, rundir.RESULTS)
     weights = os.path.join(stage_dir, rundir.M1_WEIGHTS)
@@ -131,8 +122,11 @@ def read_m1_summary(stage_dir):
         raise ValueError(f"{stage_dir} holds no finished M1 ({rundir.M1_WEIGHTS} and "
                          f"{rundir.RESULTS}); give a finished run's m1/ folder")
     summary = rundir.read_json(results)
-    m1_summary_config(summary, stage_dir)
-    return summary
+    try:
+        return summary, configs.build(configs.M1Config, summary["m1"])
+    except (KeyError, TypeError, configs.ConfigError) as error:
+        raise ValueError(f"{stage_dir} does not hold an M1 of this ssl_dgm version "
+                         f"({error}); train a new one") from None
 
 
 def adopt_m1(config: configs.ExperimentConfig, image_shape):
@@ -141,20 +135,19 @@ def adopt_m1(config: configs.ExperimentConfig, image_shape):
     Raises:
       ValueError: there is no finished M1, or it was trained on other images.
     """
-    summary = read_m1_summary(config.m1_dir)
+    summary, m1_config = read_m1_summary(config.m1_dir)
     if list(summary.get("image_shape", [])) != list(image_shape):
         raise ValueError(f"--m1_dir {config.m1_dir} holds an M1 of "
                          f"{summary.get('image_shape')} images ({summary.get('dataset')}); "
                          f"this run's images are {list(image_shape)}: give an M1 trained "
                          f"on this dataset")
-    return dataclasses.replace(config, m1=m1_summary_config(summary, config.m1_dir))
+    return dataclasses.replace(config, m1=m1_config)
 
 
 def load_m1(stage_dir):
     """The finished M1 in `stage_dir` and its summary (``results.json``)."""
-    summary = read_m1_summary(stage_dir)
-    m1 = build_m1(m1_summary_config(summary, stage_dir),
-                  int(np.prod(summary["image_shape"])), summary["seed"])
+    summary, m1_config = read_m1_summary(stage_dir)
+    m1 = build_m1(m1_config, int(np.prod(summary["image_shape"])), summary["seed"])
     try:
         m1.load_weights(os.path.join(stage_dir, rundir.M1_WEIGHTS))
     except (ValueError, OSError) as error:
