@@ -52,6 +52,8 @@ FIELD_FLAGS = [
     ("steps_per_execution", "Train steps per compiled call.", "runtime.steps_per_execution"),
     ("checkpoint_minutes", "Also checkpoint within an epoch after this many minutes.",
      "runtime.checkpoint_minutes"),
+    ("validation_every", "Validate after every this many epochs (and after the last).",
+     "runtime.validation_every"),
 ]
 
 

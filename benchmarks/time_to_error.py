@@ -53,13 +53,14 @@ def time_to_error(run_dir, budgets):
         raise ValueError(f"{run_dir} is an {model} run; give m2 / m1m2 runs")
     m1_minutes = results["m1"]["train_minutes"] if model == "m1m2" else 0.0
     history = read_history(os.path.join(run_dir, "history.csv"))
+    validated = [row for row in history if "val_error" in row]
     target = TABLE1[model].get(labels)
     # Errors are stored as float32 fractions: compare in the reports' 0.01% steps.
-    reached = next((row for row in history
+    reached = next((row for row in validated
                     if target is not None and round(100 * row["val_error"], 2) <= target),
                    None)
     budget = budgets.get(model)
-    within = [row for row in history if m1_minutes + row["train_minutes"] <= budget] \
+    within = [row for row in validated if m1_minutes + row["train_minutes"] <= budget] \
         if budget is not None else []
     return {
         "run": run_dir, "model": model, "labels": labels, "paper_error": target,

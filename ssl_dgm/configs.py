@@ -217,16 +217,19 @@ class RuntimeConfig:
       steps_per_execution: train steps per compiled call.
       jit_compile: XLA-compile the train step.
       checkpoint_minutes: also checkpoint within an epoch after this much training.
+      validation_every: run the validation pass (monitoring, not training) after
+        every this many epochs; the stage's last epoch is always among them.
     """
 
     strategy: str = "default"
     steps_per_execution: int = 50
     jit_compile: bool = True
     checkpoint_minutes: float = 10.0
+    validation_every: int = 10
 
     def __post_init__(self):
         _check_choice(self.strategy, STRATEGIES, "strategy")
-        _check_positive(self, "steps_per_execution", "checkpoint_minutes")
+        _check_positive(self, "steps_per_execution", "checkpoint_minutes", "validation_every")
 
 
 @dataclasses.dataclass(frozen=True)

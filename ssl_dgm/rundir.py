@@ -96,7 +96,8 @@ def read_json(path):
 
 def read_history(path):
     """history.csv's rows as dicts of floats; a torn last line (a kill mid-write) is
-    dropped."""
+    dropped.  Values an epoch did not measure (``val_*`` between validation passes)
+    are empty in the file and absent from its dict."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
@@ -104,7 +105,7 @@ def read_history(path):
     kept = []
     for row in rows:
         try:
-            kept.append({k: float(v) for k, v in row.items()})
+            kept.append({k: float(v) for k, v in row.items() if v != ""})
         except (TypeError, ValueError):
             break
     return kept

@@ -134,7 +134,9 @@ def test_train_script_runs_reports_a_finished_run_and_reloads_it(mnist_data_dir,
     lines = first.stdout.splitlines()
     assert lines[0] == "M2 stage: 2 epochs"
     assert [l.split("  ")[0] for l in lines[1:3]] == ["M2 epoch 1/2", "M2 epoch 2/2"]
-    assert all(len(l) < 100 and "val error" in l and "ETA" in l for l in lines[1:3])
+    assert all(len(l) < 100 and "ETA" in l for l in lines[1:3])
+    # Validation (every 10 epochs by default) after the stage's last epoch only.
+    assert ["val error" in l for l in lines[1:3]] == [False, True]
     assert lines[-1].startswith("m2, 20 labels: validation error ")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epochs_done"] == 2 and 0.0 <= results["validation_error"] <= 1.0
@@ -145,8 +147,13 @@ def test_train_script_runs_reports_a_finished_run_and_reloads_it(mnist_data_dir,
     stored = json.loads((run_dir / "config.json").read_text())
     assert stored["schema_version"] == configs.SCHEMA_VERSION
     assert (stored["m2"]["hidden_sizes"], stored["data"]["labels"]) == ([16], 20)
-    history = (run_dir / "history.csv").read_text().strip().splitlines()
-    assert [row.split(",")[0] for row in history[1:]] == ["1", "2"]
+    history = rundir.read_history(str(run_dir / "history.csv"))
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert ["val_error" in row for row in history] == [False, True]
+    assert set(history[0]) | {f"val_{k}" for k in history[0] if k.endswith("bound")} \
+        <= set(history[1])
+    assert history[1]["val_error"] == pytest.approx(
+        float(re.search(r"val error ([0-9.]+)%", lines[2]).group(1)) / 100, abs=5e-5)
 
     # The same command again reports the finished run and writes nothing.
     written = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
@@ -292,3 +299,12 @@ def test_missing_m1_dir_is_a_clear_error_and_writes_nothing(mnist_data_dir, tmp_
                         f"--model_dir={tmp_path / 'r'}"], mnist_data_dir, tmp_path)
     assert result.returncode == 1 and "holds no finished M1" in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_validation_runs_every_n_epochs_and_after_the_last():
+    from ssl_dgm.train.pipeline import validation_epochs
+
+    assert validation_epochs(25, 10) == [10, 20, 25]
+    assert validation_epochs(20, 10) == [10, 20]
+    assert validation_epochs(3, 1) == [1, 2, 3]
+    assert validation_epochs(2, 10) == [2]

@@ -139,6 +139,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
 class History(keras.callbacks.Callback):
     """One CSV row per finished epoch: training minutes so far, seconds, all metrics.
 
+    Every metric has a ``val_`` column, empty in the epochs that did not validate.
+
     Also stops training once the time budget is spent.  At the start, rows past
     the restored epoch (written before a kill that lost their checkpoint) are
     dropped, so the file holds exactly one row for each epoch done.
@@ -176,7 +178,8 @@ class History(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in sorted((logs or {}).items())})
         new_file = self.fields is None or not os.path.exists(self.path)
         if new_file:
-            self.fields = list(row)
+            metrics = {k.removeprefix("val_") for k in logs or {}}
+            self.fields = list(row)[:4] + sorted(metrics | {f"val_{k}" for k in metrics})
         with open(self.path, "a", newline="") as f:
             f.write(self._csv([row], header=new_file))
             f.flush()

@@ -49,11 +49,12 @@ def is_chief(strategy):
 
 
 def distributed_fit(model, train_ds, validation_ds, strategy, epochs, initial_epoch,
-                    callbacks):
+                    callbacks, validated):
     """The fit loop for MultiWorkerMirroredStrategy: `model.train_step` per replica.
 
     Keras 3's fit fails under this strategy (keras-team/keras#20585), so this runs
-    the same train and test steps through `strategy.run`, with the same callbacks.
+    the same train and test steps through `strategy.run`, with the same callbacks,
+    validating after the (1-based) epochs in `validated` as fit's `validation_freq`.
     """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -81,11 +82,12 @@ def distributed_fit(model, train_ds, validation_ds, strategy, epochs, initial_ep
             logs = train_step(batch)
             callbacks.on_train_batch_end(step, {k: float(v) for k, v in logs.items()})
         logs = {k: float(v) for k, v in logs.items()}
-        callbacks.on_test_begin()
-        model.reset_metrics()
-        for batch in validation:
-            val_logs = test_step(batch)
-        logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
+        if epoch + 1 in validated:
+            callbacks.on_test_begin()
+            model.reset_metrics()
+            for batch in validation:
+                val_logs = test_step(batch)
+            logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
         callbacks.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

@@ -237,6 +237,12 @@ def m1_classifier(m1, train, labeled_indices, num_classes, head):
     return classifier
 
 
+def validation_epochs(epochs, every):
+    """The (1-based) epochs after which a stage of `epochs` validates: every
+    `every`-th and the last."""
+    return sorted(set(range(every, epochs + 1, every)) | {epochs})
+
+
 def fit_stage(model, train_ds, validation_ds, stage_dir, optimization, runtime,
               steps_per_epoch, stage_name="M2", say=print):
     """Compiles and fits one model in `stage_dir`, resuming from its checkpoints.
@@ -269,13 +275,15 @@ def fit_stage(model, train_ds, validation_ds, stage_dir, optimization, runtime,
         if optimization.lr_schedule == "cosine_time":
             callbacks.insert(0, cb.TimeCosine(checkpointing, optimization.learning_rate,
                                               budget))
+        validated = validation_epochs(epochs, runtime.validation_every)
         strategy = tf.distribute.get_strategy()
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             distributed_fit(model, train_ds, validation_ds, strategy, epochs, initial_epoch,
-                            callbacks)
+                            callbacks, validated)
         else:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")))
             model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
-                      validation_data=validation_ds, callbacks=callbacks, verbose=0,
+                      validation_data=validation_ds, validation_freq=validated,
+                      callbacks=callbacks, verbose=0,
                       shuffle=False)  # the streams shuffle themselves
     return int(checkpointing.epoch.numpy()), float(checkpointing.train_seconds.numpy()) / 60
