@@ -47,7 +47,8 @@ def build_m2(config: configs.ExperimentConfig, num_classes, input_size, num_trai
                      hidden_sizes=stage.hidden_sizes,
                      classifier_hidden_sizes=stage.classifier_hidden_sizes,
                      activation=stage.activation, alpha=alpha,
-                     labeled_weight=labeled_weight, seed=config.seed)
+                     labeled_weight=labeled_weight,
+                     shared_noise=stage.label_noise == "shared", seed=config.seed)
     if config.model == "m2":
         model = M2(input_size, likelihood="bernoulli", decoder_bias=decoder_bias, **arguments)
     else:

@@ -25,6 +25,7 @@ MODELS = ("m1", "m2", "m1m2")
 LR_SCHEDULES = ("constant", "cosine", "cosine_time")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 CODES = ("per_step", "cached")
+LABEL_NOISE = ("independent", "shared")
 HEADS = ("spreading", "softmax")
 
 
@@ -187,6 +188,9 @@ class M2Config:
         pass, as the paper's sums).
       codes: M1+M2's training codes: ``per_step`` (M1's encoder on every batch) or
         ``cached`` (q(z1|x) of every training image computed once, on grey levels).
+      label_noise: how U(x) samples z for the K labels of an image: ``independent``
+        (K noise draws, as the original code) or ``shared`` (one draw for all K:
+        unbiased still, K times fewer random numbers; `objectives.unlabeled_bound`).
       optimization: the stage's optimiser.
     """
 
@@ -197,6 +201,7 @@ class M2Config:
     alpha: Optional[float] = None
     labeled_weight: Optional[float] = 1.0
     codes: str = "per_step"
+    label_noise: str = "independent"
     optimization: OptimizationConfig = dataclasses.field(default_factory=OptimizationConfig)
 
     def __post_init__(self):
@@ -205,6 +210,7 @@ class M2Config:
         _check_positive(self, "latent_size")
         _check_positive(self, "alpha", "labeled_weight", allow_none=True)
         _check_choice(self.codes, CODES, "codes")
+        _check_choice(self.label_noise, LABEL_NOISE, "label_noise")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,8 @@ class M2(BoundModel):
         example's U (`objectives`: 1 per step, or the paper's N_l / N_u).
       decoder_bias: optional initial output bias of the decoder (e.g. the logit of
         the mean training image, which saves the first epochs).
+      shared_noise: in U(x), one noise draw per image shared by the K labels'
+        samples of z (`objectives.unlabeled_bound`) instead of K draws.
       precision: compute dtype policy of the networks: ``"float32"`` or
         ``"mixed_bfloat16"`` (bfloat16 matmuls, float32 weights and bounds).
       seed: seeds the model's `keras.random.SeedGenerator`.
@@ -43,7 +45,8 @@ class M2(BoundModel):
                  classifier_hidden_sizes: Sequence[int] = (500, 500),
                  activation: str = "softplus", likelihood: str = "bernoulli",
                  alpha: float = 50.0, labeled_weight: float = 1.0, decoder_bias=None,
-                 precision: str = "float32", seed=None, **kwargs):
+                 shared_noise: bool = False, precision: str = "float32", seed=None,
+                 **kwargs):
         super().__init__(input_size,
                          ("loss", "labeled_bound", "unlabeled_bound", "classification",
                           "error"), seed=seed, **kwargs)
@@ -51,6 +54,7 @@ class M2(BoundModel):
         self.latent_size = int(latent_size)
         self.alpha = float(alpha)
         self.labeled_weight = float(labeled_weight)
+        self.shared_noise = bool(shared_noise)
         self.make_likelihood, outputs_per_dim = distributions.likelihood(likelihood)
         self.encoder = MLP(hidden_sizes, 2 * latent_size, num_inputs=2,
                            activation=activation, dtype=precision, name="encoder")
@@ -104,10 +108,11 @@ class M2(BoundModel):
         labeled_x = self.training_features(batch["labeled_x"], seeds[2])
         unlabeled_x = self.training_features(batch["unlabeled_x"], seeds[3])
         return objectives.m2_objective(labeled_x, batch["labels"], unlabeled_x, self,
-                                       self.alpha, seeds[:2], self.labeled_weight)
+                                       self.alpha, seeds[:2], self.labeled_weight,
+                                       self.shared_noise)
 
     def evaluation_terms(self, x, labels):
         """Bounds and error on labeled data; U is evaluated on the same x."""
         x = self.features(x)
         return objectives.m2_objective(x, labels, x, self, self.alpha, self.next_seeds(2),
-                                       self.labeled_weight)
+                                       self.labeled_weight, self.shared_noise)

@@ -65,7 +65,7 @@ def paper_labeled_weight(num_images, num_labels):
     return num_labels / (num_images - num_labels)
 
 
-def elbo_terms(x, conditioning, encoder, decoder, make_likelihood, seed):
+def elbo_terms(x, conditioning, encoder, decoder, make_likelihood, seed, noise_shape=None):
     """Distortion and rate of a VAE bound, conditioned on optional extra inputs.
 
     Args:
@@ -76,13 +76,22 @@ def elbo_terms(x, conditioning, encoder, decoder, make_likelihood, seed):
       decoder: callable ``[z, *conditioning] -> likelihood parameters``.
       make_likelihood: parameters -> distribution over x (event shape ``[d]``).
       seed: stateless seed, shape ``[2]`` int, for the reparameterised sample.
+      noise_shape: optional batch shape of the standard-normal noise eps in
+        z = loc + scale * eps, broadcast against the posterior's batch shape
+        (e.g. ``[batch, 1]``: one eps per image, shared by all its labels); None
+        draws eps independently for every posterior.
 
     Returns:
       ``(distortion, rate)``: -log p(x|z, .) at z ~ q(z|x, .) and
       KL(q(z|x, .) || N(0, I)), each of the broadcast batch shape.
     """
     posterior = distributions.diagonal_gaussian(encoder([x, *conditioning]))
-    z = posterior.sample(seed=seed)
+    if noise_shape is None:
+        z = posterior.sample(seed=seed)
+    else:
+        loc = posterior.mean()
+        noise = tf.random.stateless_normal([*noise_shape, loc.shape[-1]], seed, dtype=loc.dtype)
+        z = loc + posterior.stddev() * noise
     distortion = -make_likelihood(decoder([z, *conditioning])).log_prob(x)
     prior = distributions.standard_normal(posterior.event_shape[-1], x.dtype)
     rate = posterior.kl_divergence(prior)
@@ -95,36 +104,43 @@ def negative_elbo(x, encoder, decoder, make_likelihood, seed):
     return distortion + rate
 
 
-def labeled_bound(x, y, encoder, decoder, make_likelihood, seed):
+def labeled_bound(x, y, encoder, decoder, make_likelihood, seed, noise_shape=None):
     """L(x, y) (a loss: -L is a lower bound on log p(x, y)).
 
     Args:
       x: ``[batch, d]``, or ``[batch, 1, d]`` to broadcast against several labels.
       y: one-hot labels ``[batch, K]`` (or ``[K, K]``, the identity, for all labels).
-      Other args as in `elbo_terms`.
+      Other args (`noise_shape` included) as in `elbo_terms`.
 
     Returns:
       ``[batch]`` (or ``[batch, K]``).
     """
     num_classes = y.shape[-1]
-    distortion, rate = elbo_terms(x, [y], encoder, decoder, make_likelihood, seed)
+    distortion, rate = elbo_terms(x, [y], encoder, decoder, make_likelihood, seed,
+                                  noise_shape)
     return distortion + rate + math.log(num_classes)  # -log p(y), p(y) uniform
 
 
-def unlabeled_bound(x, classifier_logits, encoder, decoder, make_likelihood, seed):
+def unlabeled_bound(x, classifier_logits, encoder, decoder, make_likelihood, seed,
+                    shared_noise=False):
     """U(x) = sum_y q(y|x) L(x, y) - H(q(y|x)), all labels in one pass.
 
     Args:
       x: ``[batch, d]``.
       classifier_logits: logits of q(y|x), ``[batch, K]``.
+      shared_noise: draw one eps per image for all K labels' samples
+        z_y = loc_y + scale_y * eps (common random numbers: each L(x, y) estimate,
+        and so U(x), stays unbiased; the K estimates become correlated), instead
+        of K independent draws.  Draws K times fewer random numbers.
 
     Returns:
       ``[batch]``.
     """
     num_classes = classifier_logits.shape[-1]
     all_labels = tf.eye(num_classes, dtype=x.dtype)                        # [K, K]
+    noise_shape = [tf.shape(x)[0], 1] if shared_noise else None
     bounds = labeled_bound(x[:, None, :], all_labels, encoder, decoder,
-                           make_likelihood, seed)                          # [batch, K]
+                           make_likelihood, seed, noise_shape)             # [batch, K]
     q_y = distributions.categorical(classifier_logits)
     return tf.reduce_sum(tf.nn.softmax(classifier_logits) * bounds, axis=-1) - q_y.entropy()
 
@@ -134,7 +150,8 @@ def classification_term(classifier_logits, labels):
     return -distributions.categorical(classifier_logits).log_prob(labels)
 
 
-def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds, labeled_weight=1.0):
+def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds, labeled_weight=1.0,
+                 shared_noise=False):
     """Per-step J^alpha (see the module docstring) and its parts, all scalars.
 
     Args:
@@ -143,6 +160,8 @@ def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds, labeled_we
       alpha: weight of the classification term per labeled example.
       seeds: two stateless seeds ``[2, 2]`` (labeled sample, unlabeled sample).
       labeled_weight: w_l, the weight of the labeled terms against U (see above).
+      shared_noise: one noise draw per unlabeled image for all labels
+        (`unlabeled_bound`).
 
     Returns:
       dict with ``loss``, ``labeled_bound``, ``unlabeled_bound``,
@@ -159,7 +178,7 @@ def m2_objective(labeled_x, labels, unlabeled_x, model, alpha, seeds, labeled_we
     labeled = labeled_bound(labeled_x, one_hot, model.encoder, model.decoder,
                             model.make_likelihood, seeds[0])
     unlabeled = unlabeled_bound(unlabeled_x, unlabeled_logits, model.encoder,
-                                model.decoder, model.make_likelihood, seeds[1])
+                                model.decoder, model.make_likelihood, seeds[1], shared_noise)
     classification = classification_term(labeled_logits, labels)
     wrong = tf.not_equal(tf.argmax(labeled_logits, -1, output_type=labels.dtype), labels)
     labeled, unlabeled, classification, error = (

@@ -76,11 +76,12 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "tp.json").read_text())
-    assert len(result["rows"]) == 6 and result["matmul_gflops_2048"] > 0
+    assert len(result["rows"]) == 7 and result["matmul_gflops_2048"] > 0
     ms = [row["ms_per_step"] for row in result["rows"]]
     assert result["m2_ratio_ssl_dgm_over_plain"] == ms[2] / ms[0]
     assert result["m2_ratio_ssl_dgm_over_plain_looped"] == ms[2] / ms[1]
     assert result["m1m2_ratio_cached_over_per_step"] == ms[5] / ms[4]
+    assert result["m1m2_ratio_cached_shared_noise_over_per_step"] == ms[6] / ms[4]
     assert all(r["ms_per_step"] > 0 for r in result["rows"])
     assert "python -m benchmarks.throughput --hidden_sizes=16" in (tmp_path / "tp.md").read_text()
 

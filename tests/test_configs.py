@@ -66,6 +66,8 @@ def test_override_parses_by_field_type_and_applies_together():
     ({"m2.hidden_sizes": "0"}, "m2.hidden_sizes must be positive integers, got [0]"),
     ({"m2.optimization.lr_schedule": "cosine_time"}, "give time_budget_minutes too"),
     ({"m2.codes": "sometimes"}, "m2.codes must be one of per_step, cached"),
+    ({"m2.label_noise": "some"}, "m2.label_noise must be one of independent, shared"),
+    ({"runtime.validation_every": "0"}, "runtime.validation_every must be a positive number"),
     ({"head.kind": "svm"}, "head is absent in a m1m2 config"),
     ({"m2.nope": "1"}, "m2.nope is not a field"),
     ({"runtime.strategy": "tpu"}, "runtime.strategy must be one of default, mirrored"),

@@ -123,6 +123,33 @@ def test_unlabeled_bound_equals_brute_force_sum_over_labels():
     np.testing.assert_allclose(batched.numpy(), brute, rtol=1e-4)
 
 
+def test_shared_label_noise_draws_one_eps_per_image_and_keeps_u_unbiased():
+    encoder, decoder = tiny_networks()
+    x = binary_batch()
+    labels = tf.eye(CLASSES)
+    seen = []
+
+    def recording_decoder(inputs):
+        seen.append(inputs[0])
+        return decoder(inputs)
+
+    objectives.elbo_terms(x[:, None, :], [labels], encoder, recording_decoder,
+                          distributions.bernoulli, tf.constant([1, 2]),
+                          noise_shape=[BATCH, 1])
+    posterior = distributions.diagonal_gaussian(encoder([x[:, None, :], labels]))
+    eps = ((seen[0] - posterior.mean()) / posterior.stddev()).numpy()  # [batch, K, latent]
+    assert eps.shape == (BATCH, CLASSES, LATENT)
+    np.testing.assert_allclose(eps, np.broadcast_to(eps[:, :1], eps.shape), atol=1e-4)
+    assert np.std(eps[:, 0]) > 0.3  # still random across images and dimensions
+
+    # Each label's sample is still z ~ q(z|x, y): U's Monte Carlo mean is the same.
+    logits = tf.constant(np.random.default_rng(2).normal(size=(BATCH, CLASSES)), tf.float32)
+    draws = {shared: np.mean([objectives.unlabeled_bound(
+        x, logits, encoder, decoder, distributions.bernoulli, tf.constant([s, 9]),
+        shared_noise=shared).numpy() for s in range(400)], axis=0) for shared in (False, True)}
+    np.testing.assert_allclose(draws[True], draws[False], rtol=0.01)
+
+
 def test_unlabeled_bound_is_below_best_label_when_classifier_is_sure():
     # With a one-hot q(y|x), U(x) is L(x, y) of that label (entropy 0).
     encoder, decoder = tiny_networks(sharp_posterior=True)

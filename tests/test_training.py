@@ -262,13 +262,17 @@ def test_m1m2_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir, tmp_pat
     assert not (second_dir / "m1").exists()
     assert second_results["m1"] == results["m1"]
     assert json.loads((second_dir / "config.json").read_text())["m1"] == stored["m1"]
-    # Codes cached once per training image instead of encoded per batch.
+    # Codes cached once per training image instead of encoded per batch, and one
+    # noise draw per image for its labels' samples.
     cached_dir = tmp_path / "cached"
-    _, cached_results = run_on_finished_m1("m1m2", ["--set", "m2.codes=cached"],
-                                           first_dir / "m1", cached_dir, mnist_data_dir,
-                                           tmp_path)
+    _, cached_results = run_on_finished_m1(
+        "m1m2", ["--set", "m2.codes=cached", "--set", "m2.label_noise=shared"],
+        first_dir / "m1", cached_dir, mnist_data_dir, tmp_path)
     assert cached_results["epochs_done"] == 1 and 0.0 <= cached_results["validation_error"] < 1
-    assert json.loads((cached_dir / "config.json").read_text())["m2"]["codes"] == "cached"
+    stored = json.loads((cached_dir / "config.json").read_text())["m2"]
+    assert (stored["codes"], stored["label_noise"]) == ("cached", "shared")
+    model, _, _ = builders.load_trained(str(cached_dir))
+    assert model.shared_noise and model.codes == "cached"
 
 
 def test_the_m1_of_an_m1_command_is_the_m1_of_an_m1m2_command(mnist_data_dir, tmp_path):
