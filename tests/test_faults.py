@@ -132,6 +132,9 @@ def test_resume_falls_back_to_an_older_checkpoint_and_keeps_one_row_per_epoch(
     epochs = [int(line.split(",")[0]) for line in
               (run_dir / "history.csv").read_text().splitlines()[1:]]
     assert epochs == [1, 2, 3]
+    # Resumed after an epoch that did not validate, the last one still has its columns.
+    rows = rundir.read_history(str(run_dir / "history.csv"))
+    assert ["val_error" in row for row in rows] == [False, False, True]
     assert json.loads((run_dir / "results.json").read_text())["epochs_done"] == 3
 
 

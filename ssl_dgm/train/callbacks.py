@@ -156,7 +156,10 @@ class History(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         done = int(self.checkpointing.epoch.numpy())
         rows = [r for r in rundir.read_history(self.path) if int(r["epoch"]) <= done]
-        self.fields = list(rows[0]) if rows else None
+        self.fields = None
+        if rows:  # the columns are the file's header: a row omits what it did not measure
+            with open(self.path, newline="") as f:
+                self.fields = next(csv.reader(f))
         if os.path.exists(self.path):
             rundir.atomic_write(self.path, self._csv(rows, header=True))
 
