@@ -8,7 +8,8 @@ For each run (a folder with config.json, history.csv and results.json), minutes 
 training minutes as recorded (validation passes excluded) and, for M1+M2, include
 the M1 it used (results.json's "m1"), whether trained in the run or reused.  The
 target is the paper's Table 1 test error for the run's model and label count;
-the errors are the run's per-epoch validation errors.  Writes OUTPUT.md and
+the errors are those of the epochs that validated (every `--validation_every`-th and
+the last; older runs validated after every epoch).  Writes OUTPUT.md and
 OUTPUT.json.
 """
 
@@ -83,7 +84,7 @@ def report(rows, command, note):
              "paper's Table 1 (test) error for the model and N; errors: validation.", ""]
     if note:
         lines += [note, ""]
-    lines += ["| run | model | N | paper % | first epoch at or under it (minutes) "
+    lines += ["| run | model | N | paper % | first validated epoch at or under it (minutes) "
               "| budget: error % at epoch (minutes ≤) | final error % (epochs, minutes) |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -93,7 +94,7 @@ def report(rows, command, note):
             budget = (f"{r['budget_error']:.2f} at {r['budget_epoch']} "
                       f"(≤ {r['budget_minutes']:g})")
         elif r["budget_minutes"] is not None:
-            budget = f"no epoch ended within {r['budget_minutes']:g}"
+            budget = f"no validated epoch within {r['budget_minutes']:g}"
         else:
             budget = "—"
         lines.append(f"| `{r['run']}` | {NAMES[r['model']]} | {r['labels']} | "

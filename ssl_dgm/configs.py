@@ -224,7 +224,8 @@ class RuntimeConfig:
       jit_compile: XLA-compile the train step.
       checkpoint_minutes: also checkpoint within an epoch after this much training.
       validation_every: run the validation pass (monitoring, not training) after
-        every this many epochs; the stage's last epoch is always among them.
+        every this many epochs and after the stage's last epoch (unless a time
+        budget ends the stage first, between passes).
     """
 
     strategy: str = "default"

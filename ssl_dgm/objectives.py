@@ -90,6 +90,9 @@ def elbo_terms(x, conditioning, encoder, decoder, make_likelihood, seed, noise_s
         z = posterior.sample(seed=seed)
     else:
         loc = posterior.mean()
+        if len(noise_shape) != loc.shape.rank - 1:
+            raise ValueError(f"noise_shape {noise_shape} must have one entry per batch axis "
+                             f"of the posterior, {loc.shape[:-1]}")
         noise = tf.random.stateless_normal([*noise_shape, loc.shape[-1]], seed, dtype=loc.dtype)
         z = loc + posterior.stddev() * noise
     distortion = -make_likelihood(decoder([z, *conditioning])).log_prob(x)

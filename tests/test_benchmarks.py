@@ -116,8 +116,8 @@ def test_time_to_error_counts_the_m1_minutes_and_stops_at_the_budget(tmp_path):
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"model": "m1m2", "data": {"labels": 100}}))
     (run / "history.csv").write_text(
-        "epoch,train_minutes,val_error\n"
-        "1,10.0,0.0900\n2,50.0,0.0333\n3,95.0,0.0300\n4,100.0,0.0250\n")
+        "epoch,train_minutes,val_error\n"  # epochs 2 and 5 did not validate
+        "1,10.0,0.0900\n2,30.0,\n3,50.0,0.0333\n4,95.0,0.0300\n5,97.0,\n6,100.0,0.0250\n")
     (run / "results.json").write_text(json.dumps({"eval_error": 0.025,
                                                   "m1": {"train_minutes": 22.5}}))
     done = subprocess.run([sys.executable, "-m", "benchmarks.time_to_error", f"--run_dir={run}",
@@ -125,12 +125,13 @@ def test_time_to_error_counts_the_m1_minutes_and_stops_at_the_budget(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     row, = json.loads((tmp_path / "tte.json").read_text())["rows"]
-    # 3.33% (the paper's M1+M2) is first reached at epoch 2: 22.5 M1 + 50 minutes.
-    assert (row["reached_epoch"], row["reached_minutes"]) == (2, 72.5)
-    # 120 minutes incl. M1 end after epoch 3 (117.5); epoch 4 ends at 122.5.
-    assert (row["budget_epoch"], row["budget_error"]) == (3, 3.0)
+    # 3.33% (the paper's M1+M2) is first reached at epoch 3: 22.5 M1 + 50 minutes.
+    assert (row["reached_epoch"], row["reached_minutes"]) == (3, 72.5)
+    # 120 minutes incl. M1 end after epoch 5 (119.5), which did not validate: epoch 4's
+    # error is the budget's; epoch 6 ends at 122.5.
+    assert (row["budget_epoch"], row["budget_error"]) == (4, 3.0)
     assert row["final_minutes"] == 122.5 and row["final_error"] == 2.5
-    assert "| 3.33 | 2 (72.5) | 3.00 at 3 (≤ 120) | 2.50 (4, 122.5) |" in (
+    assert "| 3.33 | 3 (72.5) | 3.00 at 4 (≤ 120) | 2.50 (6, 122.5) |" in (
         tmp_path / "tte.md").read_text()
 
 

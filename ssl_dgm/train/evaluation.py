@@ -17,7 +17,7 @@ def evaluate_error(model, dataset):
 
 def split_errors(model, split, seed, binarize=True):
     """Classification errors on `split`: ``error`` on the inputs training sees
-    (once-binarised with `seed` when `binarize`, as in every epoch's validation) and,
+    (once-binarised with `seed` when `binarize`, as in the validation passes) and,
     when binarised, ``error_grayscale`` on the stored intensities in [0, 1] (what the
     exported classifier is served)."""
     errors = {"error": evaluate_error(model, data.evaluation_dataset(split, 1000, seed,
