@@ -177,13 +177,13 @@ class _Timer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def time_fit(model, dataset, steps, repeats, per_call=PER_CALL):
+def time_fit(model, dataset, steps, repeats):
     """Seconds per step of `fit` over epochs of `steps` steps (first epoch = warm-up).
 
-    `per_call` steps per compiled call inside the model's step (`BoundModel.blocks`),
+    `PER_CALL` steps per compiled call inside the model's step (`BoundModel.blocks`),
     as the training pipeline (`ssl_dgm.train.pipeline.fit_stage`) runs them.
     """
-    per_call = min(per_call, steps)
+    per_call = min(PER_CALL, steps)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
     timer = _Timer()
     timer.seconds = []
@@ -222,16 +222,15 @@ def main(argv):
     m2.build()
     m1 = M1(D, latent_size=z, hidden_sizes=m1_hidden, seed=0)
     m1.build()
-    stacked = M1M2(m1, np.arange(z), hidden_sizes=(500,), classifier_hidden_sizes=(500,),
-                   latent_size=z, alpha=alpha, seed=0)
-    stacked.build()
-    cached = M1M2(m1, np.arange(z), codes="cached", hidden_sizes=(500,),
-                  classifier_hidden_sizes=(500,), latent_size=z, alpha=alpha, seed=0)
-    cached.build()
-    shared = M1M2(m1, np.arange(z), codes="cached", hidden_sizes=(500,),
-                  classifier_hidden_sizes=(500,), latent_size=z, alpha=alpha,
-                  shared_noise=True, seed=0)
-    shared.build()
+    def stacked_model(**options):  # the M1+M2 stage, 1x500, on all z dims of M1
+        model = M1M2(m1, np.arange(z), hidden_sizes=(500,), classifier_hidden_sizes=(500,),
+                     latent_size=z, alpha=alpha, seed=0, **options)
+        model.build()
+        return model
+
+    stacked = stacked_model()
+    cached = stacked_model(codes="cached")
+    shared = stacked_model(codes="cached", shared_noise=True)
     codes = cached.posterior_parameters(images)
     cached_stream = data.semi_supervised_dataset(data.Split(codes[:100], labels[:100]), codes,
                                                  b_l, b_u, seed=0, binarized=False)

@@ -178,11 +178,11 @@ class History(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "train_minutes": self.checkpointing.train_minutes(),
                "epoch_train_seconds": self.checkpointing.epoch_train_seconds(),
                "epoch_seconds": time.perf_counter() - self.checkpointing.epoch_start}
-        row.update({k: float(v) for k, v in sorted((logs or {}).items())})
         new_file = self.fields is None or not os.path.exists(self.path)
         if new_file:
             metrics = {k.removeprefix("val_") for k in logs or {}}
-            self.fields = list(row)[:4] + sorted(metrics | {f"val_{k}" for k in metrics})
+            self.fields = list(row) + sorted(metrics | {f"val_{k}" for k in metrics})
+        row.update({k: float(v) for k, v in sorted((logs or {}).items())})
         with open(self.path, "a", newline="") as f:
             f.write(self._csv([row], header=new_file))
             f.flush()
