@@ -92,7 +92,11 @@ def compose(flag_values):
     Raises:
       ValueError: one line naming the flag (or file) and what is wrong.
     """
-    config = presets.get(flag_values.model)
+    try:  # the preset's label-count-dependent values follow --labels
+        config = presets.get(flag_values.model, flag_values.labels, flag_values.seed)
+    except configs.ConfigError as error:  # DataConfig's own paths lack their "data."
+        path = "data.labels" if error.path == "labels" else error.path
+        raise ValueError(f"--{path.split('.')[-1]}: {path} {error.message}") from None
     if flag_values.config_file:
         try:
             with open(flag_values.config_file) as f:

@@ -21,13 +21,14 @@ input kinds, minutes and epochs per run, the machine and this command.
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 
 from absl import app, flags
 
 from benchmarks.records import command_line, write_report
-from ssl_dgm import overrides, presets
+from ssl_dgm import overrides, presets, rundir
 from ssl_dgm.paper import NAMES as PAPER_NAMES, TABLE1 as PAPER
 
 flags.DEFINE_list("models", ["m1", "m2", "m1m2"], "Presets (rows of the table).")
@@ -39,6 +40,10 @@ flags.DEFINE_string("eval_split", "validation", "Split reported (validation: the
 flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
 flags.DEFINE_string("output", "docs/results", "Writes OUTPUT.md and OUTPUT.json.")
 flags.DEFINE_multi_string("set", [], "section.field=value for every run (as train.py's).")
+flags.DEFINE_string("records", None, "Keeps a copy of each finished run here, without its "
+                    "checkpoints and TensorBoard logs but with each seed's M1 weights, and "
+                    "restores the copies missing from --root before training: a grid goes on "
+                    "from its records on a machine that has lost --root.")
 flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
 FLAGS = flags.FLAGS
 
@@ -95,16 +100,56 @@ def grid(label_counts, seeds):
     return runs
 
 
-def train_grid(runs, command):
-    from ssl_dgm import rundir
+# What a record leaves out: resumable state and TensorBoard logs (M1 weights stay).
+NOT_RECORDED = ("checkpoints", "logs", rundir.LOCK, ".tmp.*")
+
+
+def keep_record(folder, records):
+    """Copies the finished run `folder` to ``records/<its name>``, replacing an older copy.
+
+    The copy is built beside its place and renamed into it, so a record is whole or absent.
+    """
+    target = os.path.join(records, os.path.basename(folder))
+    building = os.path.join(records, ".tmp." + os.path.basename(folder))
+    shutil.rmtree(building, ignore_errors=True)
+    shutil.copytree(folder, building, ignore=shutil.ignore_patterns(*NOT_RECORDED))
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    os.replace(building, target)
+
+
+def restore_records(records, root, names):
+    """Copies each run of `names` finished in `records` but not in `root` into `root`;
+    returns the names restored."""
+    restored = []
+    for name in names:
+        kept, there = os.path.join(records, name), os.path.join(root, name)
+        if rundir.is_finished(kept) and not rundir.is_finished(there):
+            if os.path.isdir(there):
+                shutil.rmtree(there)  # an unfinished attempt at a run the records finished
+            os.makedirs(root, exist_ok=True)
+            shutil.copytree(kept, there)
+            restored.append(name)
+    return restored
+
+
+def train_grid(runs, command, records=None):
     from ssl_dgm.train import pipeline
 
+    def keep(folder):
+        if records and rundir.is_finished(folder) and not rundir.is_finished(
+                os.path.join(records, os.path.basename(folder))):
+            keep_record(folder, records)
+
     for folder, config, shared in runs:
-        if shared and not rundir.is_finished(config.m1_dir):
-            print(f"== {shared[0]}: the M1 of seed {config.seed}")
-            pipeline.run(shared[1], shared[0], command)
+        if shared:
+            if not rundir.is_finished(config.m1_dir):
+                print(f"== {shared[0]}: the M1 of seed {config.seed}")
+                pipeline.run(shared[1], shared[0], command)
+            keep(shared[0])
         print(f"== {folder}")
         pipeline.run(config, folder, command)
+        keep(folder)
 
 
 def collect(root, models, label_counts, seeds, eval_split):
@@ -142,7 +187,10 @@ def _cell(errors, wanted):
     return text + (f" (n={len(errors)})" if len(errors) != wanted or wanted == 1 else "")
 
 
-def report(cells, command, models, label_counts, seeds, eval_split, sets, report_only):
+def report(cells, command, models, label_counts, seeds, eval_split, sets, report_only,
+           links=None):
+    """The report's text, its missing cells and total minutes.  `links`, when given,
+    maps a cell's key and seed to the path its row links to (the run's record)."""
     total_minutes = sum(r["train_minutes"] for runs in cells.values() for r in runs)
     missing = [f"{key} seed {s}" for key, runs in cells.items()
                for s in seeds if s not in {r["seed"] for r in runs}]
@@ -179,7 +227,10 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
     for key, runs in cells.items():
         for r in runs:
             grayscale = r["error_grayscale"]
-            lines.append(f"| {key} seed {r['seed']} | {r['error']:.2f} | "
+            name = f"{key} seed {r['seed']}"
+            if links:
+                name = f"[{name}]({links(key, r['seed'])})"
+            lines.append(f"| {name} | {r['error']:.2f} | "
                          f"{'—' if grayscale is None else f'{grayscale:.2f}'} | "
                          f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
                          f"| {r['m1_active_dims'] or '—'} |")
@@ -194,16 +245,27 @@ def main(argv):
         label_counts = [int(n) for n in FLAGS.labels]
         seeds = [int(s) for s in FLAGS.seeds]
         runs = grid(label_counts, seeds)  # every config checked before any training
+        if FLAGS.records:
+            names = sorted({os.path.basename(f) for f, _, _ in runs}
+                           | {os.path.basename(s[0]) for _, _, s in runs if s})
+            for name in restore_records(FLAGS.records, FLAGS.root, names):
+                print(f"== {os.path.join(FLAGS.root, name)}: restored from {FLAGS.records}")
         if not FLAGS.report_only:
             from ssl_dgm import quiet
             quiet.quiet_tensorflow(verbose=FLAGS["verbosity"].present)
-            train_grid(runs, command)
+            train_grid(runs, command, FLAGS.records)
         cells = collect(FLAGS.root, FLAGS.models, label_counts, seeds, FLAGS.eval_split)
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    links = None
+    if FLAGS.records:
+        def links(key, seed):
+            model, labels = key.split("/")
+            return os.path.relpath(run_dir(FLAGS.records, model, labels, seed),
+                                   os.path.dirname(FLAGS.output) or ".")
     text, missing, minutes = report(cells, command, FLAGS.models, label_counts, seeds,
-                                    FLAGS.eval_split, FLAGS.set, FLAGS.report_only)
+                                    FLAGS.eval_split, FLAGS.set, FLAGS.report_only, links)
     write_report(FLAGS.output, text, {"command": command, "split": FLAGS.eval_split,
                                       "cells": cells, "missing": missing,
                                       "total_train_minutes": minutes, "overrides": FLAGS.set,

@@ -62,6 +62,22 @@ def test_table1_harness_runs_a_tiny_grid_resumes_and_reports_missing_cells(mnist
     assert os.path.getmtime(root / "m2_20_seed0" / "results.json") == modified
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]["m2/20"]
     assert [c["seed"] for c in cells] == [0, 1]
+    # With --records each finished run is copied there (no checkpoints; the M1 weights
+    # kept), and a root that lost its runs is given them back instead of retraining.
+    records, lost = tmp_path / "records", tmp_path / "lost"
+    kept = harness("--models=m1m2", "--labels=20", "--seeds=0", f"--records={records}",
+                   root=root, output=output, data_dir=mnist_data_dir)
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert sorted(p.name for p in records.iterdir()) == ["m1_seed0", "m1m2_20_seed0"]
+    assert (records / "m1_seed0" / "m1" / "m1.weights.h5").exists()
+    assert not list(records.glob("*/checkpoints")) and not list(records.glob("*/*/checkpoints"))
+    assert "[m1m2/20 seed 0](records/m1m2_20_seed0)" in (tmp_path / "results.md").read_text()
+    moved = harness("--models=m1m2", "--labels=20", "--seeds=0", f"--records={records}",
+                    root=lost, output=output, data_dir=mnist_data_dir)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert "restored from" in moved.stdout and "M1 stage" not in moved.stdout
+    assert (json.loads((lost / "m1m2_20_seed0" / "results.json").read_text())
+            == json.loads((root / "m1m2_20_seed0" / "results.json").read_text()))
     # A finished run that is not this grid's run is refused, not reported.
     other = harness("--models=m2", "--labels=20", "--seeds=0", "--set=m2.alpha=7",
                     root=root, output=output, data_dir=mnist_data_dir)

@@ -42,6 +42,28 @@ def test_presets_share_one_m1_stage_and_differ_where_documented():
         presets.get("m3")
 
 
+def test_presets_take_their_label_count_dependent_values_from_the_row_at_or_below():
+    def m2_and_m1m2(labels):
+        m2, m1m2 = presets.get("m2", labels), presets.get("m1m2", labels)
+        return ((m2.m2.labeled_weight, m2.m2.optimization.epochs),
+                (m1m2.m2.optimization.epochs, m1m2.m2.alpha), m1m2.data.labels)
+
+    assert m2_and_m1m2(100) == ((1.0, 200), (600, None), 100)
+    assert m2_and_m1m2(600) == ((0.1, 120), (900, None), 600)
+    assert m2_and_m1m2(3000) == ((0.1, 120), (600, 5.0), 3000)
+    assert m2_and_m1m2(20)[:2] == m2_and_m1m2(100)[:2]  # under the first row
+    assert m2_and_m1m2(2000)[:2] == m2_and_m1m2(1000)[:2]
+    assert m2_and_m1m2(50000)[:2] == m2_and_m1m2(3000)[:2]
+    # Only the documented fields move with N: the M1 stage and the rest of M2 do not.
+    low, high = presets.get("m1m2", 100), presets.get("m1m2", 3000)
+    assert low.m1 == high.m1 and dataclasses.replace(
+        high.m2, alpha=None, optimization=low.m2.optimization) == low.m2
+    # train.py reads the row of its --labels.
+    assert _train_flags("--model=m1m2", "--labels=1000").m2.optimization.epochs == 900
+    with pytest.raises(ValueError, match="--labels: data.labels must be a positive"):
+        _train_flags("--model=m2", "--labels=-10")
+
+
 def test_override_parses_by_field_type_and_applies_together():
     config = presets.get("m1m2")
     changed = overrides.override(config, {"m2.optimization.lr_schedule": "cosine_time",
