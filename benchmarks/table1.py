@@ -84,19 +84,23 @@ def m1_config(root, seed, labels, sets=(), eval_split="validation", data_dir=Non
 
 def grid(label_counts, seeds):
     """Every run of the grid, in training order: ``[(folder, config, M1 run or None)]``
-    where the M1 run is ``(folder, config)`` of the seed's shared M1.  Composing them
-    all first means a bad --set fails before anything trains."""
+    where the M1 run is ``(folder, config)`` of the seed's shared M1.  Seed by seed, so
+    that a partial grid has whole seeds; within a seed the runs on its M1 come first
+    (M1+M2 is the table's headline), then the rest.  Composing them all first means a
+    bad --set fails before anything trains."""
     runs = []
     for seed in seeds:
         shared = (m1_run_dir(FLAGS.root, seed),
                   m1_config(FLAGS.root, seed, label_counts[0], FLAGS.set, FLAGS.eval_split,
                             FLAGS.data_dir))
+        cells = []
         for model in FLAGS.models:
             for n in label_counts:
                 config = grid_config(FLAGS.root, model, n, seed, FLAGS.set, FLAGS.eval_split,
                                      FLAGS.data_dir)
-                runs.append((run_dir(FLAGS.root, model, n, seed), config,
-                             shared if config.m1_dir else None))
+                cells.append((run_dir(FLAGS.root, model, n, seed), config,
+                              shared if config.m1_dir else None))
+        runs += sorted(cells, key=lambda cell: cell[2] is None)  # stable: flag order kept
     return runs
 
 

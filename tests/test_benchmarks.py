@@ -31,6 +31,9 @@ def test_table1_harness_runs_a_tiny_grid_resumes_and_reports_missing_cells(mnist
     results = json.loads((tmp_path / "results.json").read_text())
     assert [len(results["cells"][k]) for k in ("m1/20", "m2/20", "m1m2/20")] == [1, 1, 1]
     assert results["missing"] == []
+    # Within a seed, the runs on its M1 train first, then M2.
+    order = [line.split("/")[-1] for line in first.stdout.splitlines() if line.startswith("== ")]
+    assert order == ["m1_seed0: the M1 of seed 0", "m1_20_seed0", "m1m2_20_seed0", "m2_20_seed0"]
     # One M1 for the seed, trained by the m1 preset and used by its m1 and m1m2 runs.
     shared = root / "m1_seed0" / "m1"
     assert (shared / "m1.weights.h5").exists()
