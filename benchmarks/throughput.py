@@ -4,13 +4,14 @@
 
 For M2 it times, in one process and interleaved, (a) a straightforward M2 step
 written with plain TF ops -- encoder on concat([x, y]) with x repeated for each of
-the K labels, jit-compiled -- called once per step and also looped 50 steps per
-XLA call, and (b) ssl_dgm's M2 through `Model.fit` on the in-memory tf.data
-stream (50 steps per XLA call), all at the same sizes.  It also times M1 and M1+M2 (codes encoded by M1 per step, and cached once per image,
-timed interleaved), counts the matmul FLOPs of each step from the layer shapes
-(backward = 2x forward, 1x for a layer fed by data), and probes this machine's fp32
-matmul GFLOP/s, so each time can be read as a fraction of what the CPU can do.
-Numbers are medians over --repeats.
+the K labels, jit-compiled -- called once per step and also looped 50 steps per XLA
+call, and (b) ssl_dgm's M2 through `Model.fit` on the in-memory tf.data stream (50
+steps per XLA call), all at the same sizes. It also times M1 and M1+M2 (codes
+encoded by M1 per step, and cached once per image, timed interleaved; on an M1 of
+their own, since M1M2 freezes the M1 it wraps), counts the matmul FLOPs of each step
+from the layer shapes (backward = 2x forward, 1x for a layer fed by data), and
+probes this machine's fp32 matmul GFLOP/s, so each time can be read as a fraction of
+what the CPU can do. Numbers are medians over --repeats.
 """
 
 import math
@@ -183,6 +184,8 @@ def time_fit(model, dataset, steps, repeats):
     `PER_CALL` steps per compiled call inside the model's step (`BoundModel.blocks`),
     as the training pipeline (`ssl_dgm.train.pipeline.fit_stage`) runs them.
     """
+    if not model.trainable_weights:
+        raise ValueError(f"{type(model).__name__} has nothing to train (a frozen M1?)")
     per_call = min(PER_CALL, steps)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
     timer = _Timer()
@@ -220,10 +223,12 @@ def main(argv):
     m2 = M2(D, hidden_sizes=hidden, classifier_hidden_sizes=clf_hidden, latent_size=z,
             alpha=alpha, seed=0)
     m2.build()
-    m1 = M1(D, latent_size=z, hidden_sizes=m1_hidden, seed=0)
+    m1, encoder = (M1(D, latent_size=z, hidden_sizes=m1_hidden, seed=0) for _ in range(2))
     m1.build()
+    encoder.build()  # the M1+M2 variants' own M1: M1M2 freezes the M1 it is given
+
     def stacked_model(**options):  # the M1+M2 stage, 1x500, on all z dims of M1
-        model = M1M2(m1, np.arange(z), hidden_sizes=(500,), classifier_hidden_sizes=(500,),
+        model = M1M2(encoder, np.arange(z), hidden_sizes=(500,), classifier_hidden_sizes=(500,),
                      latent_size=z, alpha=alpha, seed=0, **options)
         model.build()
         return model

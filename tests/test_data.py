@@ -73,6 +73,25 @@ def test_semi_supervised_stream_pairs_one_unlabeled_pass_with_repeated_labels():
     np.testing.assert_array_equal(np.stack(seen_unlabeled), np.stack(again))
 
 
+def test_a_repeated_stream_gives_each_epoch_the_batches_of_a_fresh_pass():
+    # fit_stage keeps one iterator over the repeated pass instead of one per epoch.
+    labeled, images = small_splits()
+    for make in (lambda: data.unlabeled_dataset(images, 10, seed=3),
+                 lambda: data.semi_supervised_dataset(labeled, images, 4, 10, seed=3)):
+        passes = int(make().cardinality())
+        assert passes == 6
+        fresh = make()
+        one_per_epoch = [b for _ in range(3) for b in fresh]
+        kept = list(make().repeat().take(3 * passes))
+        for a, b in zip(one_per_epoch, kept, strict=True):
+            for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True):
+                np.testing.assert_array_equal(x.numpy(), y.numpy())
+        # and the epochs differ from each other: each pass is reshuffled
+        first, second = (np.concatenate([tf.nest.flatten(b)[-1].numpy() for b in
+                                         kept[k * passes:(k + 1) * passes]]) for k in (0, 1))
+        assert not np.array_equal(first, second)
+
+
 def test_grey_levels_pass_through_when_binarisation_is_off():
     labeled, images = small_splits()
     batch = next(iter(data.unlabeled_dataset(images, 60, seed=1, binarized=False)))

@@ -35,7 +35,7 @@ def test_run_folder_refuses_other_settings_but_allows_more_epochs(tmp_path):
                                        "data.data_dir": "/elsewhere"})
     rundir.create(str(tmp_path), longer).release()
     with pytest.raises(ValueError, match=r"other settings \(data.labels: 100 there, 600 now\)"):
-        rundir.create(str(tmp_path), presets.get("m2", labels=600))
+        rundir.create(str(tmp_path), overrides.override(config, {"data.labels": 600}))
     # A finished run is described only by what was trained and reported.
     rundir.check_same_config(str(tmp_path), overrides.override(longer, {
         "runtime.checkpoint_minutes": 1}), rundir.PLACEMENT)

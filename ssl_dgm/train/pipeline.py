@@ -282,7 +282,14 @@ def fit_stage(model, train_ds, validation_ds, stage_dir, optimization, runtime,
                             callbacks, validated)
         else:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")))
+            # One iterator for the whole fit: each pass repeated, an epoch = one pass.
+            # Destroying a pass's iterator at every epoch's end can stall the process
+            # for about 2 s while tf.data's threads wind down (docs/performance.md).
+            passes = int(train_ds.cardinality())
+            if passes > 0:
+                train_ds = train_ds.repeat()
             model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=passes if passes > 0 else None,
                       validation_data=validation_ds, validation_freq=validated,
                       callbacks=callbacks, verbose=0,
                       shuffle=False)  # the streams shuffle themselves
