@@ -123,6 +123,9 @@ def compose(flag_values):
         path, equals, value = item.partition("=")
         if not equals:
             raise ValueError(f"--set {item!r} needs the form section.field=value")
+        if path.strip() == "data.labels":
+            raise ValueError("--set data.labels: use --labels, which also picks the preset's "
+                             "label-count-dependent values")
         updates[path.strip()], origin[path.strip()] = value.strip(), f"--set {path.strip()}"
     try:
         return overrides.override(config, updates)

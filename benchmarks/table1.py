@@ -62,6 +62,9 @@ def _overridden(config, sets, eval_split, data_dir):
         updates["data.data_dir"] = data_dir
     for item in sets:
         path, _, value = item.partition("=")
+        if path.strip() == "data.labels":
+            raise ValueError("--set data.labels: use --labels (each preset takes its "
+                             "label-count-dependent values from it)")
         updates[path.strip()] = value.strip()
     return overrides.override(config, {p: v for p, v in updates.items()
                                      if p.split(".")[0] not in ("m1", "m2", "head")
@@ -104,56 +107,83 @@ def grid(label_counts, seeds):
     return runs
 
 
-# What a record leaves out: resumable state and TensorBoard logs (M1 weights stay).
-NOT_RECORDED = ("checkpoints", "logs", rundir.LOCK, ".tmp.*")
+# What a record leaves out: resumable state, TensorBoard logs and temporary files.
+NOT_RECORDED = ("checkpoints", "logs", rundir.LOCK, ".tmp.*", "*.tmp")
 
 
-def keep_record(folder, records):
-    """Copies the finished run `folder` to ``records/<its name>``, replacing an older copy.
-
-    The copy is built beside its place and renamed into it, so a record is whole or absent.
-    """
-    target = os.path.join(records, os.path.basename(folder))
-    building = os.path.join(records, ".tmp." + os.path.basename(folder))
+def _copy_whole(source, target, ignore=None):
+    """Copies the folder `source` over `target` through a temporary sibling and one
+    rename, so that `target` is never half a copy."""
+    parent, name = os.path.split(target)
+    building = os.path.join(parent, ".tmp." + name)
     shutil.rmtree(building, ignore_errors=True)
-    shutil.copytree(folder, building, ignore=shutil.ignore_patterns(*NOT_RECORDED))
+    shutil.copytree(source, building, ignore=ignore)
     if os.path.isdir(target):
         shutil.rmtree(target)
     os.replace(building, target)
 
 
-def restore_records(records, root, names):
-    """Copies each run of `names` finished in `records` but not in `root` into `root`;
-    returns the names restored."""
+def _same_finished_run(folder, other):
+    """Whether `other` is a finished copy of the run finished in `folder`."""
+    return rundir.is_finished(other) and not rundir.differences(
+        rundir.read_config(folder), rundir.read_config(other), rundir.PLACEMENT)
+
+
+def keep_record(folder, records):
+    """Copies the finished run `folder` to ``records/<its name>`` (M1 weights included)
+    unless the same run is there already."""
+    target = os.path.join(records, os.path.basename(folder))
+    if not _same_finished_run(folder, target):
+        os.makedirs(records, exist_ok=True)
+        _copy_whole(folder, target, shutil.ignore_patterns(*NOT_RECORDED))
+
+
+def restore_records(records, root, wanted, say=print):
+    """Copies each run finished in `records` but not in `root` into `root`, if its
+    config is the one `wanted` maps its name to; returns the names restored.
+
+    A record made with other settings is left where it is (the grid trains that run
+    again and its record is replaced); an unfinished attempt in `root` is replaced
+    only if no process holds its folder.
+    """
     restored = []
-    for name in names:
+    for name, config in wanted.items():
         kept, there = os.path.join(records, name), os.path.join(root, name)
-        if rundir.is_finished(kept) and not rundir.is_finished(there):
-            if os.path.isdir(there):
-                shutil.rmtree(there)  # an unfinished attempt at a run the records finished
-            os.makedirs(root, exist_ok=True)
-            shutil.copytree(kept, there)
-            restored.append(name)
+        if not rundir.is_finished(kept) or rundir.is_finished(there):
+            continue
+        differing = rundir.differences(rundir.read_config(kept), config, rundir.PLACEMENT)
+        if differing:
+            say(f"== {kept}: not restored, made with other settings ("
+                + ", ".join(f"{p}: {old!r} there, {new!r} now" for p, old, new in differing)
+                + ")")
+            continue
+        os.makedirs(root, exist_ok=True)
+        lock = rundir.lock(there) if os.path.isdir(there) else None  # refused if in use
+        try:
+            _copy_whole(kept, there)
+        finally:
+            if lock is not None:
+                lock.release()
+        restored.append(name)
     return restored
 
 
-def train_grid(runs, command, records=None):
+def train_grid(runs, command, records=None, after_each=lambda: None):
+    """Trains (or resumes, or skips) every run; `after_each` is called after each."""
     from ssl_dgm.train import pipeline
-
-    def keep(folder):
-        if records and rundir.is_finished(folder) and not rundir.is_finished(
-                os.path.join(records, os.path.basename(folder))):
-            keep_record(folder, records)
 
     for folder, config, shared in runs:
         if shared:
             if not rundir.is_finished(config.m1_dir):
                 print(f"== {shared[0]}: the M1 of seed {config.seed}")
                 pipeline.run(shared[1], shared[0], command)
-            keep(shared[0])
+            if records and rundir.is_finished(shared[0]):
+                keep_record(shared[0], records)
         print(f"== {folder}")
         pipeline.run(config, folder, command)
-        keep(folder)
+        if records:
+            keep_record(folder, records)
+        after_each()
 
 
 def collect(root, models, label_counts, seeds, eval_split):
@@ -194,7 +224,7 @@ def _cell(errors, wanted):
 def report(cells, command, models, label_counts, seeds, eval_split, sets, report_only,
            links=None):
     """The report's text, its missing cells and total minutes.  `links`, when given,
-    maps a cell's key and seed to the path its row links to (the run's record)."""
+    maps a cell's key and seed to the path its row links to (the run's record) or None."""
     total_minutes = sum(r["train_minutes"] for runs in cells.values() for r in runs)
     missing = [f"{key} seed {s}" for key, runs in cells.items()
                for s in seeds if s not in {r["seed"] for r in runs}]
@@ -232,14 +262,33 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
         for r in runs:
             grayscale = r["error_grayscale"]
             name = f"{key} seed {r['seed']}"
-            if links:
-                name = f"[{name}]({links(key, r['seed'])})"
+            link = links(key, r["seed"]) if links else None
+            if link:
+                name = f"[{name}]({link})"
             lines.append(f"| {name} | {r['error']:.2f} | "
                          f"{'—' if grayscale is None else f'{grayscale:.2f}'} | "
                          f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
                          f"| {r['m1_active_dims'] or '—'} |")
     lines.append("")
     return "\n".join(lines), missing, total_minutes
+
+
+def write(command, label_counts, seeds, report_only):
+    """Collects the finished runs and writes OUTPUT.md / OUTPUT.json."""
+    cells = collect(FLAGS.root, FLAGS.models, label_counts, seeds, FLAGS.eval_split)
+    links = None
+    if FLAGS.records:
+        def links(key, seed):
+            model, labels = key.split("/")
+            record = run_dir(FLAGS.records, model, labels, seed)
+            return (os.path.relpath(record, os.path.dirname(FLAGS.output) or ".")
+                    if rundir.is_finished(record) else None)
+    text, missing, minutes = report(cells, command, FLAGS.models, label_counts, seeds,
+                                    FLAGS.eval_split, FLAGS.set, report_only, links)
+    write_report(FLAGS.output, text, {"command": command, "split": FLAGS.eval_split,
+                                      "cells": cells, "missing": missing,
+                                      "total_train_minutes": minutes, "overrides": FLAGS.set,
+                                      "paper_test_error": PAPER})
 
 
 def main(argv):
@@ -250,30 +299,20 @@ def main(argv):
         seeds = [int(s) for s in FLAGS.seeds]
         runs = grid(label_counts, seeds)  # every config checked before any training
         if FLAGS.records:
-            names = sorted({os.path.basename(f) for f, _, _ in runs}
-                           | {os.path.basename(s[0]) for _, _, s in runs if s})
-            for name in restore_records(FLAGS.records, FLAGS.root, names):
+            wanted = {os.path.basename(f): c for f, c, _ in runs}
+            wanted.update({os.path.basename(s[0]): s[1] for _, _, s in runs if s})
+            for name in restore_records(FLAGS.records, FLAGS.root, wanted):
                 print(f"== {os.path.join(FLAGS.root, name)}: restored from {FLAGS.records}")
         if not FLAGS.report_only:
             from ssl_dgm import quiet
             quiet.quiet_tensorflow(verbose=FLAGS["verbosity"].present)
-            train_grid(runs, command, FLAGS.records)
-        cells = collect(FLAGS.root, FLAGS.models, label_counts, seeds, FLAGS.eval_split)
+            # The report is rewritten after every run, so a stopped grid has a current one.
+            train_grid(runs, command, FLAGS.records,
+                       lambda: write(command, label_counts, seeds, False))
+        write(command, label_counts, seeds, FLAGS.report_only)
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    links = None
-    if FLAGS.records:
-        def links(key, seed):
-            model, labels = key.split("/")
-            return os.path.relpath(run_dir(FLAGS.records, model, labels, seed),
-                                   os.path.dirname(FLAGS.output) or ".")
-    text, missing, minutes = report(cells, command, FLAGS.models, label_counts, seeds,
-                                    FLAGS.eval_split, FLAGS.set, FLAGS.report_only, links)
-    write_report(FLAGS.output, text, {"command": command, "split": FLAGS.eval_split,
-                                      "cells": cells, "missing": missing,
-                                      "total_train_minutes": minutes, "overrides": FLAGS.set,
-                                      "paper_test_error": PAPER})
 
 
 if __name__ == "__main__":

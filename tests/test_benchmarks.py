@@ -81,6 +81,27 @@ def test_table1_harness_runs_a_tiny_grid_resumes_and_reports_missing_cells(mnist
     assert "restored from" in moved.stdout and "M1 stage" not in moved.stdout
     assert (json.loads((lost / "m1m2_20_seed0" / "results.json").read_text())
             == json.loads((root / "m1m2_20_seed0" / "results.json").read_text()))
+    # An unfinished attempt is replaced by the finished record; a record made with
+    # other settings is not restored (the grid would train that run again).
+    attempt = tmp_path / "attempt" / "m1m2_20_seed0"
+    attempt.mkdir(parents=True)
+    (attempt / "history.csv").write_text("epoch\n1\n")
+    report_only = ["--models=m1m2", "--labels=20", "--seeds=0", f"--records={records}",
+                   "--report_only"]
+    replaced = harness(*report_only, root=attempt.parent, output=output,
+                       data_dir=mnist_data_dir)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert (attempt / "results.json").exists() and not (attempt / "history.csv").read_text() \
+        .startswith("epoch\n1\n")
+    other = tmp_path / "other"
+    refused = harness(*report_only, "--set=m2.alpha=7", root=other, output=output,
+                      data_dir=mnist_data_dir)
+    assert refused.returncode == 0, refused.stderr[-3000:]
+    assert "not restored, made with other settings (m2.alpha: None there, 7.0 now" in \
+        refused.stdout
+    assert (other / "m1_seed0" / "m1" / "m1.weights.h5").exists()  # its M1 is the grid's
+    assert not (other / "m1m2_20_seed0").exists()
+    assert "Missing (1): m1m2/20 seed 0." in (tmp_path / "results.md").read_text()
     # A finished run that is not this grid's run is refused, not reported.
     other = harness("--models=m2", "--labels=20", "--seeds=0", "--set=m2.alpha=7",
                     root=root, output=output, data_dir=mnist_data_dir)

@@ -62,6 +62,8 @@ def test_presets_take_their_label_count_dependent_values_from_the_row_at_or_belo
     assert _train_flags("--model=m1m2", "--labels=1000").m2.optimization.epochs == 900
     with pytest.raises(ValueError, match="--labels: data.labels must be a positive"):
         _train_flags("--model=m2", "--labels=-10")
+    with pytest.raises(ValueError, match="--set data.labels: use --labels"):
+        _train_flags("--model=m2", "--set", "data.labels=600")
 
 
 def test_override_parses_by_field_type_and_applies_together():

@@ -247,7 +247,10 @@ def test_m1m2_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir, tmp_pat
     assert f"\nM2 stage on {active} M1 codes: 1 epochs\n" in first.stdout
     assert results["m1"]["epochs_done"] == 1 and results["epochs_done"] == 1
     assert 1 <= active <= 6
-    assert (first_dir / "m1" / "m1.weights.h5").exists()
+    import h5py  # Keras' own dependency
+
+    with h5py.File(first_dir / "m1" / "m1.weights.h5") as weights:
+        assert {"encoder", "decoder"} <= set(weights) and "optimizer" not in weights
     assert (first_dir / "m1" / "history.csv").exists() and (first_dir / "history.csv").exists()
     # Flags the command leaves out keep the m1m2 preset's values; flags it gives win.
     stored = json.loads((first_dir / "config.json").read_text())
@@ -312,3 +315,27 @@ def test_validation_runs_every_n_epochs_and_after_the_last():
     assert validation_epochs(20, 10) == [10, 20]
     assert validation_epochs(3, 1) == [1, 2, 3]
     assert validation_epochs(2, 10) == [2]
+
+
+def test_a_fit_keeps_one_iterator_and_runs_one_pass_per_epoch(tmp_path):
+    from ssl_dgm.train import pipeline
+
+    images = np.random.default_rng(0).uniform(size=(70, 2, 2, 1)).astype(np.float32)
+    pass_of = lambda n: data.unlabeled_dataset(images[:n], 10, seed=0)  # noqa: E731
+    # Repeated only where every epoch still ends at the end of its pass.
+    for n, keras_steps, repeated in ((70, 1, True), (70, 7, True), (70, 3, False)):
+        stream, steps = pipeline.one_iterator(pass_of(n), keras_steps)
+        assert (steps, int(stream.cardinality()) < 0) == ((7, True) if repeated else
+                                                           (None, False))
+    # 7 batches a pass, blocks of 3, 3 and 1 steps: 7 optimizer steps an epoch.
+    stage = configs.M1Config(hidden_sizes=(8,), latent_size=2, optimization=configs.
+                             OptimizationConfig(epochs=3, learning_rate=1e-3))
+    m1 = builders.build_m1(stage, 4, seed=0)
+    runtime = configs.RuntimeConfig(steps_per_execution=3, validation_every=2)
+    validation = data.evaluation_dataset(data.Split(images[:20], np.zeros(20, np.int64)), 10, 0)
+    epochs, _ = pipeline.fit_stage(m1, pass_of(70), validation, str(tmp_path), stage.optimization,
+                                   runtime, 7, "M1", say=lambda line: None)
+    assert (epochs, int(m1.optimizer.iterations.numpy())) == (3, 21)
+    history = rundir.read_history(str(tmp_path / "history.csv"))
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert ["val_loss" in row for row in history] == [False, True, True]

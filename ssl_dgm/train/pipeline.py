@@ -210,7 +210,12 @@ def m1_stage(config, model_dir, train, validation_ds, say):
                                 config.runtime, steps_per_epoch, "M1", say)
     weights = os.path.join(stage_dir, rundir.M1_WEIGHTS)
     temporary = os.path.join(stage_dir, ".tmp." + rundir.M1_WEIGHTS)
-    m1.save_weights(temporary)
+    # A finished M1 is only ever used frozen: its weights without Adam's slots (1/3 the file).
+    optimizer, m1.optimizer = m1.optimizer, None
+    try:
+        m1.save_weights(temporary)
+    finally:
+        m1.optimizer = optimizer
     os.chmod(temporary, rundir.file_mode())
     os.replace(temporary, weights)
     summary = {"m1": configs.to_dict(stage), "seed": config.seed,
@@ -241,6 +246,22 @@ def validation_epochs(epochs, every):
     """The (1-based) epochs after which a stage of `epochs` validates: every
     `every`-th and the last."""
     return sorted(set(range(every, epochs + 1, every)) | {epochs})
+
+
+def one_iterator(train_ds, keras_steps):
+    """``(dataset, steps_per_epoch)`` for `fit`: the pass repeated and one pass per epoch,
+    so that one tf.data iterator serves the whole fit.
+
+    Destroying a pass's iterator at every epoch's end can stall the process for about
+    2 s while tf.data's threads wind down (docs/performance.md).  The pass stays as it
+    is (Keras ends the epoch at its end) when its length is unknown, or when Keras runs
+    `keras_steps` > 1 steps per call and the pass is not a multiple of them: its last
+    call would then run into the next pass.
+    """
+    passes = int(train_ds.cardinality())
+    if passes > 0 and passes % keras_steps == 0:
+        return train_ds.repeat(), passes
+    return train_ds, None
 
 
 def fit_stage(model, train_ds, validation_ds, stage_dir, optimization, runtime,
@@ -282,14 +303,8 @@ def fit_stage(model, train_ds, validation_ds, stage_dir, optimization, runtime,
                             callbacks, validated)
         else:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")))
-            # One iterator for the whole fit: each pass repeated, an epoch = one pass.
-            # Destroying a pass's iterator at every epoch's end can stall the process
-            # for about 2 s while tf.data's threads wind down (docs/performance.md).
-            passes = int(train_ds.cardinality())
-            if passes > 0:
-                train_ds = train_ds.repeat()
-            model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=passes if passes > 0 else None,
+            train_ds, steps = one_iterator(train_ds, keras_steps)
+            model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                       validation_data=validation_ds, validation_freq=validated,
                       callbacks=callbacks, verbose=0,
                       shuffle=False)  # the streams shuffle themselves
