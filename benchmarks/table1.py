@@ -237,9 +237,10 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
              + (" (the held-out end of train, train[50000:] for MNIST; the presets were chosen "
                 "on this split, and the paper reports test error)" if eval_split == "validation"
                 else "") + f", its images binarised once, mean ± std over {len(seeds)} seeds "
-             f"unless n says otherwise. {len(seeds) * len(models) * len(label_counts)} cells' "
-             f"runs, {total_minutes:.0f} training minutes in all (M1 counted in each run "
-             f"that used it).", ""]
+             f"unless n says otherwise. {sum(len(runs) for runs in cells.values())} of the "
+             f"{len(seeds) * len(models) * len(label_counts)} runs finished, "
+             f"{total_minutes:.0f} training minutes in all (M1 counted in each run that "
+             f"used it).", ""]
     if sets:
         lines += ["Overrides of every run: " + ", ".join(f"`{s}`" for s in sets) + ".", ""]
     lines += ["| model | " + " | ".join(f"N={n}" for n in label_counts) + " |",

@@ -59,6 +59,7 @@ def test_table1_harness_runs_a_tiny_grid_resumes_and_reports_missing_cells(mnist
     assert partial.returncode == 0, partial.stderr[-3000:]
     assert json.loads((tmp_path / "partial.json").read_text())["missing"] == ["m2/20 seed 1"]
     assert "Missing (1): m2/20 seed 1." in (tmp_path / "partial.md").read_text()
+    assert " 1 of the 2 runs finished, " in (tmp_path / "partial.md").read_text()
     second = harness("--models=m2", "--labels=20", "--seeds=0,1", root=root, output=output,
                      data_dir=mnist_data_dir)
     assert second.returncode == 0, second.stderr[-3000:]
