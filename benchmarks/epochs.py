@@ -7,10 +7,11 @@ on M1's 50 codes, drawn per step) through `Model.fit` on the pipeline's own stre
 (`ssl_dgm.data`, dynamic binarisation, 50 steps per XLA call), two ways: fit over
 one pass, so that Keras makes and destroys an iterator every epoch (how
 `pipeline.fit_stage` ran before), and fit over the pass repeated with
-``steps_per_epoch`` = one pass, one iterator kept (how it runs now; the batches are
-the same, `tests/test_data.py`).  The variants alternate, --rounds times, in one
-process; each fit's first epoch (compile, iterator start) is left out.  The mean
-matters as much as the median: the stall hits some epochs, not all.
+``steps_per_epoch`` = one pass, one iterator kept (`pipeline.one_iterator`, how it
+runs now; the batches are the same, `tests/test_data.py`). The variants alternate,
+--rounds times, in one process; each fit's first epoch (compile, iterator start) is
+left out. The mean matters as much as the median: the stall hits some epochs, not
+all.
 """
 
 import os
@@ -24,8 +25,9 @@ import tensorflow as tf
 from absl import app, flags
 
 from benchmarks.records import command_line, write_report
-from ssl_dgm import builders, data, objectives, presets
+from ssl_dgm import builders, configs, data, objectives, presets
 from ssl_dgm.stacked import M1M2
+from ssl_dgm.train import pipeline
 
 flags.DEFINE_integer("epochs", 6, "Epochs per fit (the first is left out).")
 flags.DEFINE_integer("rounds", 3, "Fits per variant, alternating.")
@@ -33,7 +35,7 @@ flags.DEFINE_integer("images", 50000, "Unlabeled images per epoch.")
 flags.DEFINE_string("output", "docs/epochs", "Writes OUTPUT.md and OUTPUT.json.")
 FLAGS = flags.FLAGS
 
-PER_CALL = 50
+PER_CALL = configs.RuntimeConfig().steps_per_execution  # the pipeline's steps per call
 
 
 class _Timer(keras.callbacks.Callback):
@@ -52,11 +54,10 @@ def epoch_seconds(model, stream, kept):
     """Seconds of each epoch but the first of one fit over `stream` (one pass)."""
     if not model.trainable_weights:
         raise ValueError(f"{type(model).__name__} has nothing to train (a frozen M1?)")
-    passes = int(stream.cardinality())
+    stream, steps = pipeline.one_iterator(stream, 1) if kept else (stream, None)
     timer = _Timer()
-    model.fit(stream.repeat() if kept else stream, epochs=FLAGS.epochs,
-              steps_per_epoch=passes if kept else None, verbose=0, callbacks=[timer],
-              shuffle=False)
+    model.fit(stream, epochs=FLAGS.epochs, steps_per_epoch=steps, verbose=0,
+              callbacks=[timer], shuffle=False)
     return timer.seconds[1:]
 
 

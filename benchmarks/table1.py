@@ -153,9 +153,8 @@ def restore_records(records, root, wanted, say=print):
             continue
         differing = rundir.differences(rundir.read_config(kept), config, rundir.PLACEMENT)
         if differing:
-            say(f"== {kept}: not restored, made with other settings ("
-                + ", ".join(f"{p}: {old!r} there, {new!r} now" for p, old, new in differing)
-                + ")")
+            say(f"== {kept}: not restored, made with other settings "
+                f"({rundir.describe(differing)})")
             continue
         os.makedirs(root, exist_ok=True)
         lock = rundir.lock(there) if os.path.isdir(there) else None  # refused if in use
@@ -310,7 +309,8 @@ def main(argv):
             # The report is rewritten after every run, so a stopped grid has a current one.
             train_grid(runs, command, FLAGS.records,
                        lambda: write(command, label_counts, seeds, False))
-        write(command, label_counts, seeds, FLAGS.report_only)
+        if FLAGS.report_only or not runs:
+            write(command, label_counts, seeds, FLAGS.report_only)
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -135,6 +135,11 @@ def differences(stored, wanted, free=RESUMABLE):
             if not _matches(path, free) and old.get(path) != new.get(path)]
 
 
+def describe(differing):
+    """`differences`' output as one line: ``path: old there, new now, ...``."""
+    return ", ".join(f"{path}: {old!r} there, {new!r} now" for path, old, new in differing)
+
+
 def check_same_config(folder, config, free=RESUMABLE):
     """Raises ValueError if `folder` holds a run made with other settings.
 
@@ -146,9 +151,7 @@ def check_same_config(folder, config, free=RESUMABLE):
         return
     differing = differences(read_config(folder), config, free)
     if differing:
-        details = ", ".join(f"{path}: {old!r} there, {new!r} now"
-                            for path, old, new in differing)
-        raise ValueError(f"{folder} holds a run made with other settings ({details}); "
+        raise ValueError(f"{folder} holds a run made with other settings ({describe(differing)}); "
                          f"use a new run folder, or the same settings to resume it")
 
 
