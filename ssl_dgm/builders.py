@@ -58,23 +58,27 @@ def build_m2(config: configs.ExperimentConfig, num_classes, input_size, num_trai
 
 
 def weights_by_path(model):
-    """``{path: variable}`` of `model`'s weights: what checkpoints hold, so a checkpoint
+    """``{path: variable}`` of the weights `model`'s checkpoints hold, so a checkpoint
     matches variables by name, not by their order in the model.
 
-    Paths are relative to the model (``encoder/input_0/kernel``; a stacked model's
-    M1 under ``m1/``), since Keras numbers the names of models built in one process
-    (``m2``, ``m2_1``, ...).
+    Paths are relative to the model (``encoder/input_0/kernel``), since Keras numbers
+    the names of models built in one process (``m2``, ``m2_1``, ...).  A stacked
+    model's M1 is left out: it is frozen, and read from its own finished stage
+    (``m1.weights.h5``) whenever the model is built, so its checkpoints hold what
+    training changes (an M1+M2 checkpoint: 1.8 MB instead of 8.8 at the presets).
     """
-    prefixes = {model.name: ""}
-    if getattr(model, "m1", None) is not None:
-        prefixes[model.m1.name] = "m1/"
+    frozen = getattr(model, "m1", None)
+    frozen = frozen.name if frozen is not None else None
     weights = {}
     for variable in model.weights:
         owner, _, rest = variable.path.partition("/")
-        key = prefixes[owner] + rest
-        if key in weights:
-            raise ValueError(f"two variables of {model.name} share the path {key}")
-        weights[key] = variable
+        if owner == frozen:
+            continue
+        if owner != model.name:
+            raise ValueError(f"{variable.path} is not a variable of {model.name}")
+        if rest in weights:
+            raise ValueError(f"two variables of {model.name} share the path {rest}")
+        weights[rest] = variable
     return weights
 
 

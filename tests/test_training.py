@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ssl_dgm import builders, configs, data, overrides, presets, rundir
 from ssl_dgm.train import callbacks, evaluation
@@ -252,6 +253,16 @@ def test_m1m2_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir, tmp_pat
     with h5py.File(first_dir / "m1" / "m1.weights.h5") as weights:
         assert {"encoder", "decoder"} <= set(weights) and "optimizer" not in weights
     assert (first_dir / "m1" / "history.csv").exists() and (first_dir / "history.csv").exists()
+    # Its checkpoints hold the M2 stage's weights and optimizer, not the frozen M1's; the
+    # run reloads (M1 from its stage) to the validation error it reported.
+    newest = tf.train.latest_checkpoint(str(first_dir / "checkpoints"))
+    names = [name for name, _ in tf.train.list_variables(newest)]
+    assert any(n.startswith("weights/classifier") for n in names), names
+    assert not [n for n in names if n.startswith("weights/m1") or "/m1/" in n], names
+    model, config, _ = builders.load_trained(str(first_dir))
+    validation = data.load_split("validation", data_dir=mnist_data_dir)
+    assert (evaluation.split_errors(model, validation, config.seed)["error"]
+            == results["validation_error"])
     # Flags the command leaves out keep the m1m2 preset's values; flags it gives win.
     stored = json.loads((first_dir / "config.json").read_text())
     assert (stored["m2"]["labeled_weight"], stored["m1"]["kl_warmup_epochs"]) == (0.1, 2)
