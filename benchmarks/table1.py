@@ -18,9 +18,12 @@ seeds (a missing cell is named), the paper's number beside it, errors on both
 input kinds, minutes and epochs per run, the machine and this command.
 """
 
+import functools
+import glob
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -45,6 +48,10 @@ flags.DEFINE_string("records", None, "Keeps a copy of each finished run here, wi
                     "restores the copies missing from --root before training: a grid goes on "
                     "from its records on a machine that has lost --root.")
 flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished runs.")
+flags.DEFINE_bool("snapshot", False, "With --records: copy each unfinished run, with its "
+                  "newest checkpoint only, into the records (safe beside a running grid), "
+                  "then rewrite the report; a grid restored from the records resumes those "
+                  "runs there instead of starting them over.")
 FLAGS = flags.FLAGS
 
 
@@ -111,16 +118,83 @@ def grid(label_counts, seeds):
 NOT_RECORDED = ("checkpoints", "logs", rundir.LOCK, ".tmp.*", "*.tmp")
 
 
-def _copy_whole(source, target, ignore=None):
-    """Copies the folder `source` over `target` through a temporary sibling and one
-    rename, so that `target` is never half a copy."""
+def _copy_whole(source, target, copy):
+    """Copies the folder `source` over `target` with ``copy(source, temporary)`` into a
+    temporary sibling and one rename, so that `target` is never half a copy."""
     parent, name = os.path.split(target)
     building = os.path.join(parent, ".tmp." + name)
     shutil.rmtree(building, ignore_errors=True)
-    shutil.copytree(source, building, ignore=ignore)
+    copy(source, building)
     if os.path.isdir(target):
         shutil.rmtree(target)
     os.replace(building, target)
+
+
+def _newest_checkpoint(directory):
+    """The prefix (``ckpt-N``) that `directory`'s ``checkpoint`` index names newest, or
+    None.  tf.train.CheckpointManager rewrites the index only after the checkpoint's
+    own files, so the one it names is whole."""
+    try:
+        with open(os.path.join(directory, "checkpoint")) as f:
+            found = re.search(r'^model_checkpoint_path: "([^"]+)"', f.read(), re.M)
+    except FileNotFoundError:
+        return None
+    return os.path.basename(found.group(1)) if found else None
+
+
+def _checkpoint_folders(folder):
+    """The ``checkpoints`` folders in run `folder` (its own; its M1 stage's)."""
+    return [os.path.join(parent, "checkpoints") for parent, names, _ in os.walk(folder)
+            if "checkpoints" in names]
+
+
+def epochs_done(folder):
+    """Epochs the run in `folder` has written history rows for, over its stages."""
+    return sum(len(rundir.read_history(path))
+               for path in glob.glob(os.path.join(glob.escape(folder), "**", "history.csv"),
+                                         recursive=True))
+
+
+def _copy_unfinished(source, target):
+    """Copies the unfinished run `source` as a record does, but with the newest
+    checkpoint of each stage (and an index naming only it)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*NOT_RECORDED))
+    for checkpoints in _checkpoint_folders(source):
+        prefix = _newest_checkpoint(checkpoints)
+        if prefix is None:
+            continue
+        copied = os.path.join(target, os.path.relpath(checkpoints, source))
+        os.makedirs(copied)
+        files = glob.glob(os.path.join(glob.escape(checkpoints), glob.escape(prefix) + ".*"))
+        if not any(f.endswith(".index") for f in files):
+            raise FileNotFoundError(f"{checkpoints}/{prefix}.index")  # replaced meanwhile
+        for path in files:
+            shutil.copy2(path, copied)
+        with open(os.path.join(copied, "checkpoint"), "w") as f:
+            f.write(f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n')
+
+
+def keep_unfinished(folder, records, attempts=3):
+    """Copies the unfinished run `folder`, newest checkpoint only, to ``records/<its
+    name>`` unless that record is as far along; returns whether it copied.
+
+    The run may be training meanwhile: a checkpoint it deletes while it is being
+    copied (it keeps two) makes the copy start again from the new index.
+    """
+    target = os.path.join(records, os.path.basename(folder))
+    if (rundir.is_finished(folder) or not any(map(_newest_checkpoint,
+                                                  _checkpoint_folders(folder)))
+            or rundir.is_finished(target)
+            or os.path.isdir(target) and epochs_done(target) >= epochs_done(folder)):
+        return False
+    os.makedirs(records, exist_ok=True)
+    for attempt in range(attempts):
+        try:
+            _copy_whole(folder, target, _copy_unfinished)
+            return True
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
 
 
 def _same_finished_run(folder, other):
@@ -135,21 +209,27 @@ def keep_record(folder, records):
     target = os.path.join(records, os.path.basename(folder))
     if not _same_finished_run(folder, target):
         os.makedirs(records, exist_ok=True)
-        _copy_whole(folder, target, shutil.ignore_patterns(*NOT_RECORDED))
+        _copy_whole(folder, target, functools.partial(
+            shutil.copytree, ignore=shutil.ignore_patterns(*NOT_RECORDED)))
 
 
 def restore_records(records, root, wanted, say=print):
-    """Copies each run finished in `records` but not in `root` into `root`, if its
-    config is the one `wanted` maps its name to; returns the names restored.
+    """Copies each run of `records` that `root` lacks into `root`, if its config is the
+    one `wanted` maps its name to; returns the names restored.
 
-    A record made with other settings is left where it is (the grid trains that run
-    again and its record is replaced); an unfinished attempt in `root` is replaced
-    only if no process holds its folder.
+    A finished record is restored over an unfinished attempt, an unfinished one (a
+    snapshot) only over a run with fewer epochs done; an attempt is replaced only if
+    no process holds its folder.  A record made with other settings is left where it
+    is (the grid trains that run again and its record is replaced).
     """
     restored = []
     for name, config in wanted.items():
         kept, there = os.path.join(records, name), os.path.join(root, name)
-        if not rundir.is_finished(kept) or rundir.is_finished(there):
+        if not os.path.isdir(kept) or rundir.is_finished(there):
+            continue
+        finished = rundir.is_finished(kept)
+        if not finished and (not os.path.exists(os.path.join(kept, rundir.CONFIG))
+                             or epochs_done(kept) <= epochs_done(there)):
             continue
         differing = rundir.differences(rundir.read_config(kept), config, rundir.PLACEMENT)
         if differing:
@@ -159,10 +239,13 @@ def restore_records(records, root, wanted, say=print):
         os.makedirs(root, exist_ok=True)
         lock = rundir.lock(there) if os.path.isdir(there) else None  # refused if in use
         try:
-            _copy_whole(kept, there)
+            _copy_whole(kept, there, shutil.copytree)
         finally:
             if lock is not None:
                 lock.release()
+        say(f"== {there}: restored from {records}" + (
+            "" if finished else f", unfinished ({epochs_done(there)} epochs done): "
+                                "it resumes from its checkpoint"))
         restored.append(name)
     return restored
 
@@ -301,16 +384,23 @@ def main(argv):
         if FLAGS.records:
             wanted = {os.path.basename(f): c for f, c, _ in runs}
             wanted.update({os.path.basename(s[0]): s[1] for _, _, s in runs if s})
-            for name in restore_records(FLAGS.records, FLAGS.root, wanted):
-                print(f"== {os.path.join(FLAGS.root, name)}: restored from {FLAGS.records}")
-        if not FLAGS.report_only:
+            restore_records(FLAGS.records, FLAGS.root, wanted)
+        elif FLAGS.snapshot:
+            raise ValueError("--snapshot copies runs into --records: give --records")
+        if FLAGS.snapshot:
+            for name in wanted:
+                if keep_unfinished(os.path.join(FLAGS.root, name), FLAGS.records):
+                    print(f"== {os.path.join(FLAGS.records, name)}: recorded unfinished, "
+                          f"{epochs_done(os.path.join(FLAGS.records, name))} epochs done")
+        report_only = FLAGS.report_only or FLAGS.snapshot
+        if not report_only:
             from ssl_dgm import quiet
             quiet.quiet_tensorflow(verbose=FLAGS["verbosity"].present)
             # The report is rewritten after every run, so a stopped grid has a current one.
             train_grid(runs, command, FLAGS.records,
                        lambda: write(command, label_counts, seeds, False))
-        if FLAGS.report_only or not runs:
-            write(command, label_counts, seeds, FLAGS.report_only)
+        if report_only or not runs:
+            write(command, label_counts, seeds, report_only)
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
