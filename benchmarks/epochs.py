@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchmarks.records import command_line, write_report
+from benchmarks.records import command_line, define_output, write_report
 from ssl_dgm import builders, configs, data, objectives, presets
 from ssl_dgm.stacked import M1M2
 from ssl_dgm.train import pipeline
@@ -32,7 +32,7 @@ from ssl_dgm.train import pipeline
 flags.DEFINE_integer("epochs", 6, "Epochs per fit (the first is left out).")
 flags.DEFINE_integer("rounds", 3, "Fits per variant, alternating.")
 flags.DEFINE_integer("images", 50000, "Unlabeled images per epoch.")
-flags.DEFINE_string("output", "docs/epochs", "Writes OUTPUT.md and OUTPUT.json.")
+define_output("docs/epochs")
 FLAGS = flags.FLAGS
 
 PER_CALL = configs.RuntimeConfig().steps_per_execution  # the pipeline's steps per call

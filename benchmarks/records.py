@@ -7,6 +7,8 @@ import os
 import shlex
 import sys
 
+from absl import flags
+
 
 def command_line(module=None):
     """The running command, as a shell would retype it: ``python -m MODULE ...`` for a
@@ -23,3 +25,11 @@ def write_report(output, text, record):
     with open(output + ".json", "w") as f:
         json.dump(record, f, indent=2)
     print(text)
+
+
+def define_output(default):
+    """Defines ``--output`` with `default`, once per process: absl refuses a flag defined
+    twice, and tests import several benchmarks into one process (there the first
+    import's default stands; each command line runs one benchmark and gets its own)."""
+    if "output" not in flags.FLAGS:
+        flags.DEFINE_string("output", default, "Writes OUTPUT.md and OUTPUT.json.")

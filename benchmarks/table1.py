@@ -30,7 +30,7 @@ import sys
 
 from absl import app, flags
 
-from benchmarks.records import command_line, write_report
+from benchmarks.records import command_line, define_output, write_report
 from ssl_dgm import overrides, presets, rundir
 from ssl_dgm.paper import NAMES as PAPER_NAMES, TABLE1 as PAPER
 
@@ -41,7 +41,7 @@ flags.DEFINE_string("root", "runs/table1", "Folder of all runs.")
 flags.DEFINE_string("eval_split", "validation", "Split reported (validation: the held-out "
                     "end of train; test where TFDS has it).")
 flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
-flags.DEFINE_string("output", "docs/results", "Writes OUTPUT.md and OUTPUT.json.")
+define_output("docs/results")
 flags.DEFINE_multi_string("set", [], "section.field=value for every run (as train.py's).")
 flags.DEFINE_string("records", None, "Keeps a copy of each finished run here, without its "
                     "checkpoints and TensorBoard logs but with each seed's M1 weights, and "

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchmarks.records import command_line, write_report
+from benchmarks.records import command_line, define_output, write_report
 from ssl_dgm import configs, data, objectives
 from ssl_dgm.m1 import M1
 from ssl_dgm.m2 import M2
@@ -40,7 +40,7 @@ flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
 flags.DEFINE_integer("steps", 100, "Steps per timed repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per variant (median reported).")
 flags.DEFINE_integer("threads", 0, "intra/inter-op threads (0: TensorFlow's default).")
-flags.DEFINE_string("output", "docs/throughput", "Writes OUTPUT.md and OUTPUT.json.")
+define_output("docs/throughput")
 FLAGS = flags.FLAGS
 
 D, K, IMAGES_PER_EPOCH = 784, 10, 50000
