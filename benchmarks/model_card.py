@@ -141,7 +141,7 @@ def main(argv):
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
     dataset = config["data"]["dataset"]
-    train = data.load_split("train", dataset, FLAGS.data_dir)
+    train = data.load_split("train", dataset, FLAGS.data_dir, first=FLAGS.judge_examples)
     if FLAGS.judge_examples:
         train = data.Split(train.images[:FLAGS.judge_examples],
                            train.labels[:FLAGS.judge_examples])

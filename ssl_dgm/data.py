@@ -50,15 +50,21 @@ class DatasetInfo:
     image_shape: tuple
     split_sizes: dict
 
-    def split(self, name):
-        """The TFDS split string of ``train``, ``validation``, ``test`` or any split."""
+    def split(self, name, first=None):
+        """The TFDS split string of ``train``, ``validation``, ``test`` or any split.
+
+        `first`: only the first this many images of ``train`` (where the sizes are
+        known; otherwise the whole split, which the caller cuts).
+        """
         if name not in ("train", "validation"):
             return name
         total = self.split_sizes.get("train")
         if total is None:  # sizes unknown (e.g. TFDS's mock data): cut by percent
             cut = f"{round(100 * (1 - VALIDATION_FRACTION))}%"
         else:
-            cut = str(total - round(total * VALIDATION_FRACTION))
+            cut = total - round(total * VALIDATION_FRACTION)
+            if name == "train" and first is not None:
+                cut = min(cut, first)
         return f"train[:{cut}]" if name == "train" else f"train[{cut}:]"
 
     def check_split(self, name):
@@ -154,15 +160,18 @@ def dataset_info(dataset="mnist", data_dir=None):
                        sizes)
 
 
-def load_split(name, dataset="mnist", data_dir=None, info=None):
+def load_split(name, dataset="mnist", data_dir=None, info=None, first=None):
     """Loads ``train``, ``validation``, ``test`` (or any TFDS split string) into memory.
+
+    `first`: of ``train``, read only the first this many images (`DatasetInfo.split`;
+    the result may be longer where TFDS does not know the split's size).
 
     Raises:
       FileNotFoundError / ValueError with what is missing and how to get it.
     """
     info = info or dataset_info(dataset, data_dir)
     info.check_split(name)
-    split = info.split(name)
+    split = info.split(name, first)
     try:
         loaded = tfds.load(dataset, split=split, data_dir=data_dir, as_supervised=True)
         # Batches of 10000 rather than TFDS's batch_size=-1, which needs a known size.

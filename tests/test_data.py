@@ -119,6 +119,12 @@ def test_real_mnist_splits_follow_the_paper(mnist_data_dir):
     assert validation.images.dtype == np.float32
     assert 0.0 == validation.images.min() and validation.images.max() == 1.0
     assert set(np.unique(validation.labels)) == set(range(10))
+    first = data.load_split("train", data_dir=mnist_data_dir, first=300)
+    assert first.images.shape == (300, 28, 28, 1)
+    # The same images as the head of the whole training split (its first 10,000 here).
+    head = data.load_split("train[:10000]", data_dir=mnist_data_dir)
+    np.testing.assert_array_equal(first.images, head.images[:300])
+    np.testing.assert_array_equal(first.labels, head.labels[:300])
 
 
 def test_withheld_split_names_the_way_out(mnist_data_dir):

@@ -21,6 +21,9 @@ def test_dataset_info_gives_classes_shape_and_the_held_out_split(mnist_data_dir)
     assert (info.num_classes, info.image_shape) == (10, (28, 28, 1))
     assert (info.split("train"), info.split("validation")) == ("train[:50000]",
                                                                "train[50000:]")
+    # A run on the first N training images reads only those; never past the held-out cut.
+    assert (info.split("train", 400), info.split("train", 60000),
+            info.split("validation", 400)) == ("train[:400]", "train[:50000]", "train[50000:]")
     with tfds.testing.mock_data(num_examples=3):
         other = data.dataset_info(DATASET)
     assert (other.num_classes, other.image_shape) == (CLASSES, SHAPE)

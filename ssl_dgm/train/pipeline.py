@@ -52,7 +52,8 @@ def prepare(config: configs.ExperimentConfig) -> Inputs:
     info.check_split(settings.eval_split)
     if config.m1_dir is not None:
         config = builders.adopt_m1(config, info.image_shape)
-    train = data.load_split("train", settings.dataset, settings.data_dir, info)
+    train = data.load_split("train", settings.dataset, settings.data_dir, info,
+                            first=settings.train_examples)
     if settings.train_examples is not None:
         if settings.train_examples > len(train):
             raise ValueError(f"--train_examples={settings.train_examples} exceeds the "
