@@ -40,6 +40,7 @@ flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
 flags.DEFINE_integer("steps", 100, "Steps per timed repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per variant (median reported).")
 flags.DEFINE_integer("threads", 0, "intra/inter-op threads (0: TensorFlow's default).")
+flags.DEFINE_integer("probe_repeats", 20, "2048x2048 matmuls per round of the probe (5 rounds).")
 define_output("docs/throughput")
 FLAGS = flags.FLAGS
 
@@ -216,7 +217,7 @@ def main(argv):
     y_l = tf.constant(labels[:b_l])
     x_u = tf.constant((images[:b_u].reshape(b_u, D) > 0.5).astype(np.float32))
 
-    gflops = matmul_gflops()
+    gflops = matmul_gflops(repeats=FLAGS.probe_repeats)
     naive = naive_m2_step(hidden, clf_hidden, z, alpha)
     per_call = min(PER_CALL, FLAGS.steps)
     naive_looped = looped(naive_m2_step(hidden, clf_hidden, z, alpha), per_call)

@@ -1,5 +1,6 @@
 """The bounds checked against brute force, closed forms and Monte Carlo."""
 
+import functools
 import math
 
 import numpy as np
@@ -127,17 +128,21 @@ def test_shared_label_noise_draws_one_eps_per_image_and_keeps_u_unbiased():
     encoder, decoder = tiny_networks()
     x = binary_batch()
     labels = tf.eye(CLASSES)
-    seen = []
 
-    def recording_decoder(inputs):
-        seen.append(inputs[0])
-        return decoder(inputs)
+    @tf.function  # traced once: the 100 draws differ only in their seed
+    def decoder_input(seed):
+        seen = []
+
+        def recording_decoder(inputs):
+            seen.append(inputs[0])
+            return decoder(inputs)
+
+        objectives.elbo_terms(x[:, None, :], [labels], encoder, recording_decoder,
+                              distributions.bernoulli, seed, noise_shape=[BATCH, 1])
+        return seen[-1]
 
     posterior = distributions.diagonal_gaussian(encoder([x[:, None, :], labels]))
-    for s in range(100):
-        objectives.elbo_terms(x[:, None, :], [labels], encoder, recording_decoder,
-                              distributions.bernoulli, tf.constant([s, 2]),
-                              noise_shape=[BATCH, 1])
+    seen = [decoder_input(tf.constant([s, 2])) for s in range(100)]
     eps = ((tf.stack(seen) - posterior.mean()) / posterior.stddev()).numpy()
     assert eps.shape == (100, BATCH, CLASSES, LATENT)
     np.testing.assert_allclose(eps, np.broadcast_to(eps[:, :, :1], eps.shape), atol=1e-3)
@@ -149,9 +154,11 @@ def test_shared_label_noise_draws_one_eps_per_image_and_keeps_u_unbiased():
 
     # Each label's sample is still z ~ q(z|x, y): U's Monte Carlo mean is the same.
     logits = tf.constant(np.random.default_rng(2).normal(size=(BATCH, CLASSES)), tf.float32)
-    draws = {shared: np.mean([objectives.unlabeled_bound(
-        x, logits, encoder, decoder, distributions.bernoulli, tf.constant([s, 9]),
-        shared_noise=shared).numpy() for s in range(400)], axis=0) for shared in (False, True)}
+    bounds = {shared: tf.function(functools.partial(
+        objectives.unlabeled_bound, x, logits, encoder, decoder, distributions.bernoulli,
+        shared_noise=shared)) for shared in (False, True)}
+    draws = {shared: np.mean([bound(seed=tf.constant([s, 9])).numpy() for s in range(400)],
+                             axis=0) for shared, bound in bounds.items()}
     np.testing.assert_allclose(draws[True], draws[False], rtol=0.01)
 
 
@@ -194,9 +201,9 @@ def test_bound_is_the_expected_log_weight_and_below_log_likelihood():
     x = binary_batch()
     y = tf.one_hot([3, 1, 2], CLASSES)
     log_prior_y = -math.log(CLASSES)
-    bounds = np.stack([
-        objectives.labeled_bound(x, y, encoder, decoder, distributions.bernoulli,
-                                 seed=tf.constant([s, 0])).numpy() for s in range(400)])
+    bound = tf.function(functools.partial(objectives.labeled_bound, x, y, encoder, decoder,
+                                          distributions.bernoulli))
+    bounds = np.stack([bound(seed=tf.constant([s, 0])).numpy() for s in range(400)])
     elbo = -bounds.mean(axis=0)
     elbo_error = bounds.std(axis=0) / np.sqrt(len(bounds))
 

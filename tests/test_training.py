@@ -118,7 +118,11 @@ def run_train(args, data_dir, cwd):
 
 SMALL = ["--model=m2", "--labels=20", "--train_examples=400", "--batch_size=50",
          "--labeled_batch_size=20", "--hidden_sizes=16", "--classifier_hidden_sizes=16",
-         "--latent_size=4", "--eval_split=validation", "--steps_per_execution=4"]
+         "--latent_size=4", "--eval_split=validation", "--steps_per_execution=4",
+         # Tests of the command's behaviour skip XLA's compile (about 14 s a process on a
+         # slow 2-core machine); JIT below puts it back where the compiled step is tested.
+         "--set", "runtime.jit_compile=false"]
+JIT = ["--set", "runtime.jit_compile=true"]
 # The M1 stage, tiny; `--set` reaches the fields without a flag of their own.
 M1_SMALL = ["--m1_epochs=1", "--set", "m1.hidden_sizes=16", "--set", "m1.latent_size=6",
             "--set", "m1.kl_warmup_epochs=2"]
@@ -127,7 +131,7 @@ TF_NOISE = re.compile(r"oneDNN|cuda|cuInit|I0000|W0000|E0000|absl::|UserWarning|
 
 def test_train_script_runs_reports_a_finished_run_and_reloads_it(mnist_data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    first = run_train([*SMALL, "--epochs=2", f"--model_dir={run_dir}"], mnist_data_dir,
+    first = run_train([*SMALL, *JIT, "--epochs=2", f"--model_dir={run_dir}"], mnist_data_dir,
                       tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     # Quiet: no TensorFlow / absl lines; a stage announcement and one short line per epoch.
@@ -239,7 +243,7 @@ def run_on_finished_m1(model, flags, m1_dir, run_dir, data_dir, cwd):
 
 def test_m1m2_trains_m1_then_m2_and_reuses_a_finished_m1(mnist_data_dir, tmp_path):
     first_dir = tmp_path / "stacked"
-    first = run_train([*SMALL, *M1_SMALL, "--epochs=1", "--model=m1m2",
+    first = run_train([*SMALL, *M1_SMALL, *JIT, "--epochs=1", "--model=m1m2",
                        f"--model_dir={first_dir}"], mnist_data_dir, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.startswith("M1 stage: 1 epochs\nM1 epoch 1/1  loss ")
