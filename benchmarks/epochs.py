@@ -17,7 +17,6 @@ all.
 import os
 import platform
 import statistics
-import time
 
 import keras
 import numpy as np
@@ -25,6 +24,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from benchmarks.records import command_line, define_output, write_report
+from benchmarks.timing import EpochTimer
 from ssl_dgm import builders, configs, data, objectives, presets
 from ssl_dgm.stacked import M1M2
 from ssl_dgm.train import pipeline
@@ -38,24 +38,12 @@ FLAGS = flags.FLAGS
 PER_CALL = configs.RuntimeConfig().steps_per_execution  # the pipeline's steps per call
 
 
-class _Timer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
-
-
 def epoch_seconds(model, stream, kept):
     """Seconds of each epoch but the first of one fit over `stream` (one pass)."""
     if not model.trainable_weights:
         raise ValueError(f"{type(model).__name__} has nothing to train (a frozen M1?)")
     stream, steps = pipeline.one_iterator(stream, 1) if kept else (stream, None)
-    timer = _Timer()
+    timer = EpochTimer()
     model.fit(stream, epochs=FLAGS.epochs, steps_per_epoch=steps, verbose=0,
               callbacks=[timer], shuffle=False)
     return timer.seconds[1:]

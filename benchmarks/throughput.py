@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from benchmarks.records import command_line, define_output, write_report
+from benchmarks.timing import EpochTimer
 from ssl_dgm import configs, data, objectives
 from ssl_dgm.m1 import M1
 from ssl_dgm.m2 import M2
@@ -171,14 +172,6 @@ def median_ms(seconds):
     return 1000 * statistics.median(seconds)
 
 
-class _Timer(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
-
-
 def time_fit(model, dataset, steps, repeats):
     """Seconds per step of `fit` over epochs of `steps` steps (first epoch = warm-up).
 
@@ -189,8 +182,7 @@ def time_fit(model, dataset, steps, repeats):
         raise ValueError(f"{type(model).__name__} has nothing to train (a frozen M1?)")
     per_call = min(PER_CALL, steps)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
-    timer = _Timer()
-    timer.seconds = []
+    timer = EpochTimer()
     dataset = model.blocks(dataset.repeat(), per_call)
     model.fit(dataset, steps_per_epoch=steps // per_call, epochs=repeats + 1, verbose=0,
               callbacks=[timer])
