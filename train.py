@@ -120,13 +120,8 @@ def compose(flag_values):
         for path in field_paths(config, pattern):
             updates[path], origin[path] = value, f"--{name}"
     for item in flag_values.set:
-        path, equals, value = item.partition("=")
-        if not equals:
-            raise ValueError(f"--set {item!r} needs the form section.field=value")
-        if path.strip() == "data.labels":
-            raise ValueError("--set data.labels: use --labels, which also picks the preset's "
-                             "label-count-dependent values")
-        updates[path.strip()], origin[path.strip()] = value.strip(), f"--set {path.strip()}"
+        path, value = overrides.parse_set(item)
+        updates[path], origin[path] = value, f"--set {path}"
     try:
         return overrides.override(config, updates)
     except configs.ConfigError as error:

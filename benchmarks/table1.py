@@ -68,11 +68,8 @@ def _overridden(config, sets, eval_split, data_dir):
     if data_dir:
         updates["data.data_dir"] = data_dir
     for item in sets:
-        path, _, value = item.partition("=")
-        if path.strip() == "data.labels":
-            raise ValueError("--set data.labels: use --labels (each preset takes its "
-                             "label-count-dependent values from it)")
-        updates[path.strip()] = value.strip()
+        path, value = overrides.parse_set(item)
+        updates[path] = value
     return overrides.override(config, {p: v for p, v in updates.items()
                                      if p.split(".")[0] not in ("m1", "m2", "head")
                                      or getattr(config, p.split(".")[0]) is not None})

@@ -93,3 +93,19 @@ def leaf_paths(fields: Mapping[str, Any], prefix=""):
         else:
             leaves[prefix + name] = value
     return leaves
+
+
+def parse_set(item):
+    """``(path, value)`` of a ``--set section.field=value`` item, both stripped.
+
+    Raises:
+      ValueError: the item lacks ``=``, or sets ``data.labels``, which the command's
+        ``--labels`` sets (it also picks the preset's label-count-dependent values).
+    """
+    path, equals, value = item.partition("=")
+    if not equals:
+        raise ValueError(f"--set {item!r} needs the form section.field=value")
+    if path.strip() == "data.labels":
+        raise ValueError("--set data.labels: use --labels, which also picks the preset's "
+                         "label-count-dependent values")
+    return path.strip(), value.strip()

@@ -141,6 +141,11 @@ def test_train_command_and_table1_harness_compose_the_same_config(tmp_path):
     assert dataclasses.replace(harness, m1_dir=None) == command
     assert table1.m1_config(str(tmp_path), 0, 100).m1 == command.m1
     assert table1.m1_config(str(tmp_path), 0, 100).seed == command.seed
+    # Both read --set alike: the label count is the grid's (or the command's) own.
+    with pytest.raises(ValueError, match="--set data.labels: use --labels"):
+        table1.grid_config(str(tmp_path), "m2", 100, 0, sets=["data.labels=600"])
+    with pytest.raises(ValueError, match="needs the form section.field=value"):
+        table1.grid_config(str(tmp_path), "m2", 100, 0, sets=["m2.alpha"])
 
 
 def test_flags_override_the_preset_and_name_themselves_in_errors():
