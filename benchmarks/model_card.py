@@ -40,7 +40,8 @@ flags.DEFINE_string("export_dir", "saved_models", "Folder with classifier/ and g
 flags.DEFINE_string("data_dir", os.environ.get("TFDS_DATA_DIR"), "TFDS data folder.")
 flags.DEFINE_string("judge_dir", "runs/judge", "Where the independent CNN judge is kept.")
 flags.DEFINE_integer("judge_epochs", 5, "Epochs of the judge's training.")
-flags.DEFINE_integer("judge_examples", None, "Train the judge on the first N images (tests).")
+flags.DEFINE_integer("judge_examples", None, "Train the judge on the first N images (tests).",
+                     lower_bound=1)
 flags.DEFINE_integer("per_class", 1000, "Generated digits per class.")
 flags.DEFINE_integer("latency_calls", 1000, "Batch-1 calls timed.")
 FLAGS = flags.FLAGS

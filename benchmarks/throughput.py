@@ -41,7 +41,8 @@ flags.DEFINE_integer("labeled_batch_size", 100, "Labeled images per step.")
 flags.DEFINE_integer("steps", 100, "Steps per timed repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per variant (median reported).")
 flags.DEFINE_integer("threads", 0, "intra/inter-op threads (0: TensorFlow's default).")
-flags.DEFINE_integer("probe_repeats", 20, "2048x2048 matmuls per round of the probe (5 rounds).")
+flags.DEFINE_integer("probe_repeats", 20, "2048x2048 matmuls per round of the probe (5 rounds).",
+                     lower_bound=1)
 define_output("docs/throughput")
 FLAGS = flags.FLAGS
 

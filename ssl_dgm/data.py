@@ -43,19 +43,26 @@ class DatasetInfo:
       num_classes: K, from the ``label`` feature.
       image_shape: ``(height, width, channels)``, from the ``image`` feature.
       split_sizes: examples per stored split (empty where TFDS does not know them).
+      split_shards: files per stored split (TFDS interleaves its files as it reads, so
+        only a one-file split's first images are the first ones it stores).
     """
 
     name: str
     num_classes: int
     image_shape: tuple
     split_sizes: dict
+    split_shards: dict = dataclasses.field(default_factory=dict)
 
     def split(self, name, first=None):
         """The TFDS split string of ``train``, ``validation``, ``test`` or any split.
 
-        `first`: only the first this many images of ``train`` (where the sizes are
-        known; otherwise the whole split, which the caller cuts).
+        `first` (>= 1): only the first this many images of ``train``, never past the
+        held-out cut, where that reads the head of the whole of ``train`` (sizes known,
+        one file); elsewhere the whole of it, which the caller cuts: the images a run
+        trains on are the same either way.
         """
+        if first is not None and first < 1:
+            raise ValueError(f"first={first}: give a positive number of images")
         if name not in ("train", "validation"):
             return name
         total = self.split_sizes.get("train")
@@ -63,7 +70,7 @@ class DatasetInfo:
             cut = f"{round(100 * (1 - VALIDATION_FRACTION))}%"
         else:
             cut = total - round(total * VALIDATION_FRACTION)
-            if name == "train" and first is not None:
+            if name == "train" and first is not None and self.split_shards.get("train") == 1:
                 cut = min(cut, first)
         return f"train[:{cut}]" if name == "train" else f"train[{cut}:]"
 
@@ -155,16 +162,17 @@ def dataset_info(dataset="mnist", data_dir=None):
     if image is None or not isinstance(label, tfds.features.ClassLabel) or None in image.shape:
         raise ValueError(f"dataset {dataset!r} is not an image classification dataset with "
                          f"fixed-size 'image' and a ClassLabel 'label'")
-    sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
+    splits = builder.info.splits.items()
     return DatasetInfo(dataset, int(label.num_classes), tuple(int(s) for s in image.shape),
-                       sizes)
+                       {name: split.num_examples for name, split in splits},
+                       {name: split.num_shards for name, split in splits})
 
 
 def load_split(name, dataset="mnist", data_dir=None, info=None, first=None):
     """Loads ``train``, ``validation``, ``test`` (or any TFDS split string) into memory.
 
-    `first`: of ``train``, read only the first this many images (`DatasetInfo.split`;
-    the result may be longer where TFDS does not know the split's size).
+    `first`: of ``train``, read only the first this many images where TFDS can
+    (`DatasetInfo.split`); the result may be longer, never different in its head.
 
     Raises:
       FileNotFoundError / ValueError with what is missing and how to get it.

@@ -1,5 +1,7 @@
 """Any TFDS image classification dataset: classes and image shape come from its info."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,6 +26,11 @@ def test_dataset_info_gives_classes_shape_and_the_held_out_split(mnist_data_dir)
     # A run on the first N training images reads only those; never past the held-out cut.
     assert (info.split("train", 400), info.split("train", 60000),
             info.split("validation", 400)) == ("train[:400]", "train[:50000]", "train[50000:]")
+    # TFDS interleaves a split's files as it reads: there the whole split is read and cut.
+    sharded = dataclasses.replace(info, split_shards={"train": 2})
+    assert sharded.split("train", 400) == "train[:50000]"
+    with pytest.raises(ValueError, match="first=0: give a positive number"):
+        info.split("train", 0)
     with tfds.testing.mock_data(num_examples=3):
         other = data.dataset_info(DATASET)
     assert (other.num_classes, other.image_shape) == (CLASSES, SHAPE)

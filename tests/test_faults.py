@@ -80,6 +80,7 @@ def test_diverging_run_exits_with_the_guard_message(mnist_data_dir, tmp_path):
     ("--eval_split=nope", "has no split 'nope'"),
     ("--dataset=no_such_dataset", "unknown TFDS dataset 'no_such_dataset'"),
     ("--labels=70000", "asks for 7000 images of class 0"),
+    ("--train_examples=50001", "--train_examples=50001 exceeds the 50000 training images"),
     ("--strategy=multi_worker", "needs TF_CONFIG"),
 ])
 def test_bad_flags_get_specific_errors(mnist_data_dir, tmp_path, flag, message):
