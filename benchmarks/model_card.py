@@ -143,9 +143,6 @@ def main(argv):
         config = json.load(f)
     dataset = config["data"]["dataset"]
     train = data.load_split("train", dataset, FLAGS.data_dir, first=FLAGS.judge_examples)
-    if FLAGS.judge_examples:
-        train = data.Split(train.images[:FLAGS.judge_examples],
-                           train.labels[:FLAGS.judge_examples])
     validation = data.load_split("validation", dataset, FLAGS.data_dir)
     judge_model, judge_summary = judge(train, validation, FLAGS.judge_dir, FLAGS.judge_epochs,
                                        num_classes, dataset)

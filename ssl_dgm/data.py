@@ -171,8 +171,9 @@ def dataset_info(dataset="mnist", data_dir=None):
 def load_split(name, dataset="mnist", data_dir=None, info=None, first=None):
     """Loads ``train``, ``validation``, ``test`` (or any TFDS split string) into memory.
 
-    `first`: of ``train``, read only the first this many images where TFDS can
-    (`DatasetInfo.split`); the result may be longer, never different in its head.
+    `first` (>= 1): only the split's first this many images (all of them if it holds
+    fewer); of ``train``, TFDS reads no more than those where it can
+    (`DatasetInfo.split`).
 
     Raises:
       FileNotFoundError / ValueError with what is missing and how to get it.
@@ -193,8 +194,8 @@ def load_split(name, dataset="mnist", data_dir=None, info=None, first=None):
         raise
     if not batches:
         raise ValueError(f"split {split!r} of {dataset!r} holds no images")
-    images = np.concatenate([images for images, _ in batches])
-    labels = np.concatenate([labels for _, labels in batches])
+    images = np.concatenate([images for images, _ in batches])[:first]
+    labels = np.concatenate([labels for _, labels in batches])[:first]
     return Split(images=images.astype(np.float32) / 255.0, labels=labels.astype(np.int64))
 
 

@@ -31,9 +31,14 @@ def test_dataset_info_gives_classes_shape_and_the_held_out_split(mnist_data_dir)
     assert sharded.split("train", 400) == "train[:50000]"
     with pytest.raises(ValueError, match="first=0: give a positive number"):
         info.split("train", 0)
-    with tfds.testing.mock_data(num_examples=3):
+    with tfds.testing.mock_data(num_examples=10):
         other = data.dataset_info(DATASET)
+        # Sizes unknown, so the whole training split is read; the caller still gets N.
+        whole = data.load_split("train", DATASET)
+        first = data.load_split("train", DATASET, first=5)
     assert (other.num_classes, other.image_shape) == (CLASSES, SHAPE)
+    assert len(whole) > len(first) == 5
+    np.testing.assert_array_equal(first.images, whole.images[:5])
 
 
 @pytest.mark.parametrize("model", ["m2", "m1m2"])

@@ -54,12 +54,9 @@ def prepare(config: configs.ExperimentConfig) -> Inputs:
         config = builders.adopt_m1(config, info.image_shape)
     train = data.load_split("train", settings.dataset, settings.data_dir, info,
                             first=settings.train_examples)
-    if settings.train_examples is not None:
-        if settings.train_examples > len(train):
-            raise ValueError(f"--train_examples={settings.train_examples} exceeds the "
-                             f"{len(train)} training images")
-        train = data.Split(train.images[:settings.train_examples],
-                           train.labels[:settings.train_examples])
+    if settings.train_examples is not None and settings.train_examples > len(train):
+        raise ValueError(f"--train_examples={settings.train_examples} exceeds the "
+                         f"{len(train)} training images")
     if settings.batch_size > len(train):
         raise ValueError(f"--batch_size={settings.batch_size} exceeds the {len(train)} "
                          f"training images")
