@@ -22,7 +22,6 @@ import functools
 import glob
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -283,12 +282,31 @@ def collect(root, models, label_counts, seeds, eval_split):
                 runs.append({"seed": seed, "error": 100 * results["eval_error"],
                              "error_grayscale": None if grayscale is None else 100 * grayscale,
                              "train_minutes": results["total_train_minutes"],
+                             "own_train_minutes": results["train_minutes"],
+                             "machines": rundir.machines(os.path.dirname(path)),
                              "epochs": results["epochs_done"],
                              "m1_epochs": results.get("m1", {}).get("epochs_done"),
                              "m1_active_dims": len(results.get("m1_active_dimensions", []))
                              or None})
             cells[f"{model}/{labels}"] = runs
     return cells
+
+
+def shared_m1_minutes(root, seeds):
+    """Training minutes of each seed's finished shared M1 run (its M1 and its head)."""
+    minutes = {}
+    for seed in seeds:
+        path = os.path.join(m1_run_dir(root, seed), rundir.RESULTS)
+        if os.path.exists(path):
+            minutes[seed] = rundir.read_json(path)["total_train_minutes"]
+    return minutes
+
+
+def grid_minutes(cells, m1_minutes):
+    """What the finished runs cost to train, each seed's M1 counted once: the runs' own
+    stages (an m1 run's head, an m1m2 run's M2 stage) plus the shared M1 runs."""
+    return (sum(r["own_train_minutes"] for runs in cells.values() for r in runs)
+            + sum(m1_minutes.values()))
 
 
 def _cell(errors, wanted):
@@ -301,16 +319,18 @@ def _cell(errors, wanted):
 
 
 def report(cells, command, models, label_counts, seeds, eval_split, sets, report_only,
-           links=None):
-    """The report's text, its missing cells and total minutes.  `links`, when given,
+           links=None, m1_minutes=None):
+    """The report's text, its missing cells and the grid's training minutes (each seed's
+    M1 once; `m1_minutes` maps a seed to its shared M1 run's).  `links`, when given,
     maps a cell's key and seed to the path its row links to (the run's record) or None."""
-    total_minutes = sum(r["train_minutes"] for runs in cells.values() for r in runs)
+    total_minutes = grid_minutes(cells, m1_minutes or {})
     missing = [f"{key} seed {s}" for key, runs in cells.items()
                for s in seeds if s not in {r["seed"] for r in runs}]
     lines = ["# Table 1, regenerated", "",
              ("Collected from finished runs by" if report_only else "Produced by")
-             + f" `{command}` on {platform.machine()}, {os.cpu_count()} cores (a shared "
-             f"machine). Each run is its preset (`ssl_dgm/presets.py`) at that label count "
+             + f" `{command}`; each run names the machines its own stage trained on "
+             f"(2-core CPUs, shared with other work; their speeds differ, so minutes compare "
+             f"only on one machine). Each run is its preset (`ssl_dgm/presets.py`) at that label count "
              f"and seed; M1 is trained once per seed and shared by that seed's m1 and m1m2 "
              f"runs. Error (%) on the **{eval_split}** split"
              + (" (the held-out end of train, train[50000:] for MNIST; the presets were chosen "
@@ -318,8 +338,9 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
                 else "") + f", its images binarised once, mean ± std over {len(seeds)} seeds "
              f"unless n says otherwise. {sum(len(runs) for runs in cells.values())} of the "
              f"{len(seeds) * len(models) * len(label_counts)} runs finished, "
-             f"{total_minutes:.0f} training minutes in all (M1 counted in each run that "
-             f"used it).", ""]
+             f"{total_minutes:.0f} training minutes in all, each seed's M1 counted once "
+             f"({len(m1_minutes or {})} M1, {sum((m1_minutes or {}).values()):.0f} minutes; "
+             f"a run's own minutes below include its M1).", ""]
     if sets:
         lines += ["Overrides of every run: " + ", ".join(f"`{s}`" for s in sets) + ".", ""]
     lines += ["| model | " + " | ".join(f"N={n}" for n in label_counts) + " |",
@@ -337,7 +358,7 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
     lines += ["", "## Runs", "", "Grey levels: the same split's stored intensities in [0, 1], "
               "what the exported classifier is served.", "",
               "| run | error % | grey levels % | training minutes | epochs (M2 / M1) "
-              "| M1 dims M2 models |", "|---|---|---|---|---|---|"]
+              "| M1 dims M2 models | machines |", "|---|---|---|---|---|---|---|"]
     for key, runs in cells.items():
         for r in runs:
             grayscale = r["error_grayscale"]
@@ -348,7 +369,8 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
             lines.append(f"| {name} | {r['error']:.2f} | "
                          f"{'—' if grayscale is None else f'{grayscale:.2f}'} | "
                          f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
-                         f"| {r['m1_active_dims'] or '—'} |")
+                         f"| {r['m1_active_dims'] or '—'} "
+                         f"| {'; '.join(r['machines']) or '—'} |")
     lines.append("")
     return "\n".join(lines), missing, total_minutes
 
@@ -363,11 +385,15 @@ def write(command, label_counts, seeds, report_only):
             record = run_dir(FLAGS.records, model, labels, seed)
             return (os.path.relpath(record, os.path.dirname(FLAGS.output) or ".")
                     if rundir.is_finished(record) else None)
+    m1_minutes = shared_m1_minutes(FLAGS.root, seeds)
     text, missing, minutes = report(cells, command, FLAGS.models, label_counts, seeds,
-                                    FLAGS.eval_split, FLAGS.set, report_only, links)
+                                    FLAGS.eval_split, FLAGS.set, report_only, links,
+                                    m1_minutes)
     write_report(FLAGS.output, text, {"command": command, "split": FLAGS.eval_split,
                                       "cells": cells, "missing": missing,
-                                      "total_train_minutes": minutes, "overrides": FLAGS.set,
+                                      "total_train_minutes": minutes,
+                                      "shared_m1_train_minutes": m1_minutes,
+                                      "overrides": FLAGS.set,
                                       "paper_test_error": PAPER})
 
 

@@ -2,6 +2,7 @@
 
     config.json            the composed `configs.ExperimentConfig` (schema-versioned)
     commands.txt           every command that ran in this folder, resumes included
+    machines.txt           for each of those commands: when it started, and on what CPU
     labeled_indices.json   which training images carried labels
     checkpoints/           tf.train checkpoints (weights by path, optimizer, epoch, time)
     history.csv            per epoch: training minutes, seconds, train and validation metrics
@@ -10,8 +11,8 @@
                            m1.weights.h5; its results.json describes the M1)
     .lock                  held by the process training in the folder
 
-Records are written whole (a temporary file, then one rename; commands.txt and
-history.csv are appended a line at a time) with the permissions the process's
+Records are written whole (a temporary file, then one rename; commands.txt,
+machines.txt and history.csv are appended a line at a time) with the permissions the process's
 umask gives, so a reader never sees half a record and a server running as
 another user can read what it needs.  TensorBoard's ``logs/`` sit beside them.
 This module imports no TensorFlow.
@@ -23,11 +24,14 @@ import fcntl
 import fnmatch
 import json
 import os
+import platform
 import tempfile
+import time
 
 from ssl_dgm import configs
 
 CONFIG = "config.json"
+MACHINES = "machines.txt"
 RESULTS = "results.json"
 M1_WEIGHTS = "m1.weights.h5"
 LOCK = ".lock"
@@ -203,8 +207,39 @@ def lock(folder):
     return FolderLock(folder)
 
 
+def machine():
+    """This machine as a run records it: its CPU's model name and core count, e.g.
+    ``AMD EPYC, 2 cores`` (the architecture where the OS names no model)."""
+    name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return f"{name or platform.machine() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
+def _lines(path):
+    try:
+        with open(path) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def machines(folder):
+    """The machines that trained in `folder` (`machine`'s text), each once, in the
+    order they first did, led by ``"not recorded"`` where commands.txt holds commands
+    that machines.txt does not (they ran before machines were recorded)."""
+    found = [line.split("  ", 1)[-1] for line in _lines(os.path.join(folder, MACHINES))]
+    unrecorded = len(_lines(os.path.join(folder, "commands.txt"))) > len(found)
+    return list(dict.fromkeys(["not recorded"] * unrecorded + found))
+
+
 def record(folder, config, command=None):
-    """Records `config` (and `command`) in a locked folder, refusing other settings.
+    """Records `config` (and `command`, with when and where it started) in a locked
+    folder, refusing other settings.
 
     Call once everything `config` names has been checked: nothing is written before.
     """
@@ -213,6 +248,9 @@ def record(folder, config, command=None):
     if command:
         with open(os.path.join(folder, "commands.txt"), "a") as f:
             f.write(command + "\n")
+        with open(os.path.join(folder, MACHINES), "a") as f:
+            f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "  " + machine()
+                    + "\n")
 
 
 def create(folder, config, command=None):

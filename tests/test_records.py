@@ -1,7 +1,9 @@
 """The grid's records: an unfinished run is kept with its newest checkpoint only, and a
-root that lost it resumes from there; nothing is restored over more progress."""
+root that lost it resumes from there; nothing is restored over more progress; each run
+says which machines trained it."""
 
 import os
+import re
 
 import tensorflow as tf
 
@@ -95,3 +97,23 @@ def test_a_snapshot_is_not_restored_over_more_progress_or_other_settings(tmp_pat
                                   {"m2_100_seed0": other}, messages.append) == []
     assert "not restored, made with other settings (data.labels: 100 there, 600 now" in \
         messages[0]
+
+
+def test_each_command_records_its_machine_and_older_commands_say_not_recorded(tmp_path):
+    folder = str(tmp_path / "run")
+    config = presets.get("m2")
+    rundir.create(folder, config, "python train.py --model=m2").release()
+    rundir.create(folder, config, "python train.py --model=m2").release()  # a resume
+    lines = (tmp_path / "run" / rundir.MACHINES).read_text().splitlines()
+    assert len(lines) == 2 and all(line.endswith("  " + rundir.machine()) for line in lines)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines[0].split("  ")[0])
+    assert rundir.machine().endswith(f", {os.cpu_count()} cores")
+    assert rundir.machines(folder) == [rundir.machine()]
+    # Commands from before machines were recorded: said, not guessed.
+    with open(os.path.join(folder, "commands.txt"), "a") as f:
+        f.write("python train.py --model=m2\n" * 2)  # 4 commands, 3 machines recorded
+    (tmp_path / "run" / rundir.MACHINES).write_text("2026-12-01T00:00:00Z  CPU A, 2 cores\n"
+                                                    "2026-12-02T00:00:00Z  CPU B, 2 cores\n"
+                                                    "2026-12-03T00:00:00Z  CPU A, 2 cores\n")
+    assert rundir.machines(folder) == ["not recorded", "CPU A, 2 cores", "CPU B, 2 cores"]
+    assert rundir.machines(str(tmp_path)) == []  # no run here
