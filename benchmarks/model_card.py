@@ -155,7 +155,7 @@ def main(argv):
 
     commands = []
     for stage in ("m1", ""):  # an M1+M2 run's M1 stage first, if its record is there
-        path = os.path.join(run, stage, "commands.txt")
+        path = os.path.join(run, stage, rundir.COMMANDS)
         if os.path.exists(path):
             with open(path) as f:
                 commands += f.read().strip().splitlines()

@@ -15,7 +15,8 @@ models), and the report says so.
 
 Writes OUTPUT.md and OUTPUT.json: mean ± std error per cell over the finished
 seeds (a missing cell is named), the paper's number beside it, errors on both
-input kinds, minutes and epochs per run, the machine and this command.
+input kinds, minutes, epochs and machines per run, the grid's training minutes
+(each seed's M1 once) and this command.
 """
 
 import functools
@@ -279,34 +280,51 @@ def collect(root, models, label_counts, seeds, eval_split):
                     raise ValueError(f"{path} reports the {results['eval_split']} split, not "
                                      f"--eval_split={eval_split}")
                 grayscale = results.get("eval_error_grayscale")
+                m1 = results.get("m1", {})
+                # Its M1's machines too: the M1 is most of an m1 run's minutes.
+                folders = ([m1_run_dir(root, seed)] if m1 else []) + [os.path.dirname(path)]
                 runs.append({"seed": seed, "error": 100 * results["eval_error"],
                              "error_grayscale": None if grayscale is None else 100 * grayscale,
-                             "train_minutes": results["total_train_minutes"],
-                             "own_train_minutes": results["train_minutes"],
-                             "machines": rundir.machines(os.path.dirname(path)),
+                             "total_train_minutes": results["total_train_minutes"],
+                             "train_minutes": results["train_minutes"],
+                             "m1_train_minutes": m1.get("train_minutes"),
+                             "machines": list(dict.fromkeys(
+                                 m for folder in folders for m in rundir.machines(folder))),
                              "epochs": results["epochs_done"],
-                             "m1_epochs": results.get("m1", {}).get("epochs_done"),
+                             "m1_epochs": m1.get("epochs_done"),
                              "m1_active_dims": len(results.get("m1_active_dimensions", []))
                              or None})
             cells[f"{model}/{labels}"] = runs
     return cells
 
 
-def shared_m1_minutes(root, seeds):
-    """Training minutes of each seed's finished shared M1 run (its M1 and its head)."""
+def shared_head_minutes(root, seeds):
+    """Training minutes of the head of each seed's finished shared M1 run (the run that
+    trains the M1 also fits an m1 head, at the grid's first label count)."""
     minutes = {}
     for seed in seeds:
         path = os.path.join(m1_run_dir(root, seed), rundir.RESULTS)
         if os.path.exists(path):
-            minutes[seed] = rundir.read_json(path)["total_train_minutes"]
+            minutes[seed] = rundir.read_json(path)["train_minutes"]
     return minutes
 
 
-def grid_minutes(cells, m1_minutes):
-    """What the finished runs cost to train, each seed's M1 counted once: the runs' own
-    stages (an m1 run's head, an m1m2 run's M2 stage) plus the shared M1 runs."""
-    return (sum(r["own_train_minutes"] for runs in cells.values() for r in runs)
-            + sum(m1_minutes.values()))
+def grid_minutes(cells, head_minutes):
+    """What the finished runs cost to train, each seed's M1 counted once.
+
+    Returns ``(minutes, m1_minutes)``: the runs' own stages (an m1 run's head, an
+    m1m2 run's M2 stage), plus, for each seed that a finished run used the M1 of,
+    that M1 and its shared run's head (`head_minutes`, by seed); ``m1_minutes`` maps
+    those seeds to their M1's minutes.
+    """
+    m1_minutes = {}
+    for runs in cells.values():
+        for r in runs:
+            if r["m1_train_minutes"] is not None:
+                m1_minutes.setdefault(r["seed"], r["m1_train_minutes"])
+    own = sum(r["train_minutes"] for runs in cells.values() for r in runs)
+    heads = sum(head_minutes.get(seed, 0.0) for seed in m1_minutes)
+    return own + sum(m1_minutes.values()) + heads, m1_minutes
 
 
 def _cell(errors, wanted):
@@ -319,18 +337,18 @@ def _cell(errors, wanted):
 
 
 def report(cells, command, models, label_counts, seeds, eval_split, sets, report_only,
-           links=None, m1_minutes=None):
-    """The report's text, its missing cells and the grid's training minutes (each seed's
-    M1 once; `m1_minutes` maps a seed to its shared M1 run's).  `links`, when given,
+           links=None, head_minutes=None):
+    """The report's text, its missing cells and the grid's training minutes with each
+    seed's M1 minutes (`grid_minutes`; `head_minutes` as there).  `links`, when given,
     maps a cell's key and seed to the path its row links to (the run's record) or None."""
-    total_minutes = grid_minutes(cells, m1_minutes or {})
+    total_minutes, m1_minutes = grid_minutes(cells, head_minutes or {})
     missing = [f"{key} seed {s}" for key, runs in cells.items()
                for s in seeds if s not in {r["seed"] for r in runs}]
     lines = ["# Table 1, regenerated", "",
              ("Collected from finished runs by" if report_only else "Produced by")
-             + f" `{command}`; each run names the machines its own stage trained on "
-             f"(2-core CPUs, shared with other work; their speeds differ, so minutes compare "
-             f"only on one machine). Each run is its preset (`ssl_dgm/presets.py`) at that label count "
+             + f" `{command}`. Each run names the machines that trained it, its M1 "
+             f"included (machines differ in speed, so minutes compare only between runs on "
+             f"one machine). Each run is its preset (`ssl_dgm/presets.py`) at that label count "
              f"and seed; M1 is trained once per seed and shared by that seed's m1 and m1m2 "
              f"runs. Error (%) on the **{eval_split}** split"
              + (" (the held-out end of train, train[50000:] for MNIST; the presets were chosen "
@@ -339,8 +357,8 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
              f"unless n says otherwise. {sum(len(runs) for runs in cells.values())} of the "
              f"{len(seeds) * len(models) * len(label_counts)} runs finished, "
              f"{total_minutes:.0f} training minutes in all, each seed's M1 counted once "
-             f"({len(m1_minutes or {})} M1, {sum((m1_minutes or {}).values()):.0f} minutes; "
-             f"a run's own minutes below include its M1).", ""]
+             f"({len(m1_minutes)} M1, {sum(m1_minutes.values()):.0f} minutes; a run's "
+             f"minutes below include its M1).", ""]
     if sets:
         lines += ["Overrides of every run: " + ", ".join(f"`{s}`" for s in sets) + ".", ""]
     lines += ["| model | " + " | ".join(f"N={n}" for n in label_counts) + " |",
@@ -368,11 +386,11 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
                 name = f"[{name}]({link})"
             lines.append(f"| {name} | {r['error']:.2f} | "
                          f"{'—' if grayscale is None else f'{grayscale:.2f}'} | "
-                         f"{r['train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
+                         f"{r['total_train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
                          f"| {r['m1_active_dims'] or '—'} "
                          f"| {'; '.join(r['machines']) or '—'} |")
     lines.append("")
-    return "\n".join(lines), missing, total_minutes
+    return "\n".join(lines), missing, total_minutes, m1_minutes
 
 
 def write(command, label_counts, seeds, report_only):
@@ -385,14 +403,13 @@ def write(command, label_counts, seeds, report_only):
             record = run_dir(FLAGS.records, model, labels, seed)
             return (os.path.relpath(record, os.path.dirname(FLAGS.output) or ".")
                     if rundir.is_finished(record) else None)
-    m1_minutes = shared_m1_minutes(FLAGS.root, seeds)
-    text, missing, minutes = report(cells, command, FLAGS.models, label_counts, seeds,
-                                    FLAGS.eval_split, FLAGS.set, report_only, links,
-                                    m1_minutes)
+    text, missing, minutes, m1_minutes = report(
+        cells, command, FLAGS.models, label_counts, seeds, FLAGS.eval_split, FLAGS.set,
+        report_only, links, shared_head_minutes(FLAGS.root, seeds))
     write_report(FLAGS.output, text, {"command": command, "split": FLAGS.eval_split,
                                       "cells": cells, "missing": missing,
                                       "total_train_minutes": minutes,
-                                      "shared_m1_train_minutes": m1_minutes,
+                                      "m1_train_minutes": m1_minutes,
                                       "overrides": FLAGS.set,
                                       "paper_test_error": PAPER})
 

@@ -31,6 +31,7 @@ import time
 from ssl_dgm import configs
 
 CONFIG = "config.json"
+COMMANDS = "commands.txt"
 MACHINES = "machines.txt"
 RESULTS = "results.json"
 M1_WEIGHTS = "m1.weights.h5"
@@ -231,9 +232,10 @@ def _lines(path):
 def machines(folder):
     """The machines that trained in `folder` (`machine`'s text), each once, in the
     order they first did, led by ``"not recorded"`` where commands.txt holds commands
-    that machines.txt does not (they ran before machines were recorded)."""
+    that machines.txt does not (they ran before machines were recorded); ``[]`` where
+    neither file is."""
     found = [line.split("  ", 1)[-1] for line in _lines(os.path.join(folder, MACHINES))]
-    unrecorded = len(_lines(os.path.join(folder, "commands.txt"))) > len(found)
+    unrecorded = len(_lines(os.path.join(folder, COMMANDS))) > len(found)
     return list(dict.fromkeys(["not recorded"] * unrecorded + found))
 
 
@@ -246,7 +248,7 @@ def record(folder, config, command=None):
     check_same_config(folder, config)
     write_json(os.path.join(folder, CONFIG), configs.to_dict(config))
     if command:
-        with open(os.path.join(folder, "commands.txt"), "a") as f:
+        with open(os.path.join(folder, COMMANDS), "a") as f:
             f.write(command + "\n")
         with open(os.path.join(folder, MACHINES), "a") as f:
             f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "  " + machine()

@@ -1,10 +1,11 @@
 """The grid's records: an unfinished run is kept with its newest checkpoint only, and a
 root that lost it resumes from there; nothing is restored over more progress; each run
-says which machines trained it."""
+says which machines trained it; the report's total counts each seed's M1 once."""
 
 import os
 import re
 
+import pytest
 import tensorflow as tf
 
 from benchmarks import table1
@@ -117,3 +118,17 @@ def test_each_command_records_its_machine_and_older_commands_say_not_recorded(tm
                                                     "2026-12-03T00:00:00Z  CPU A, 2 cores\n")
     assert rundir.machines(folder) == ["not recorded", "CPU A, 2 cores", "CPU B, 2 cores"]
     assert rundir.machines(str(tmp_path)) == []  # no run here
+
+
+def test_the_grid_total_counts_each_seeds_m1_once_and_only_where_a_finished_run_used_it():
+    def run(seed, minutes, m1_minutes):
+        return {"seed": seed, "train_minutes": minutes, "m1_train_minutes": m1_minutes}
+
+    cells = {"m1/100": [run(0, 1.0, 10.0)],
+             "m1m2/100": [run(0, 5.0, 10.0), run(1, 6.0, 12.0)],
+             "m2/100": [run(2, 7.0, None)]}
+    # Seed 1's shared run stopped after its M1, before its head; seed 2's M1 finished,
+    # but no finished run of seed 2 used it yet.
+    total, m1_minutes = table1.grid_minutes(cells, {0: 0.5, 2: 0.4})
+    assert m1_minutes == {0: 10.0, 1: 12.0}
+    assert total == pytest.approx(1 + 5 + 6 + 7 + 10 + 12 + 0.5)
