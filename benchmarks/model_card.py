@@ -153,12 +153,8 @@ def main(argv):
     errors = validation_errors(classify, validation, config["seed"])
     ms_batch1, images_per_s = latency(classify, image_shape, FLAGS.latency_calls)
 
-    commands = []
-    for stage in ("m1", ""):  # an M1+M2 run's M1 stage first, if its record is there
-        path = os.path.join(run, stage, rundir.COMMANDS)
-        if os.path.exists(path):
-            with open(path) as f:
-                commands += f.read().strip().splitlines()
+    # An M1+M2 run's M1 stage first, if its record is there.
+    commands = rundir.commands(os.path.join(run, "m1")) + rundir.commands(run)
     size_mb = sum(os.path.getsize(os.path.join(d, f)) for base in (classifier_dir, generator_dir)
                   for d, _, files in os.walk(base) for f in files) / 2 ** 20
     command = command_line("benchmarks.model_card")

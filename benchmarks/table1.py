@@ -386,7 +386,8 @@ def report(cells, command, models, label_counts, seeds, eval_split, sets, report
                 name = f"[{name}]({link})"
             lines.append(f"| {name} | {r['error']:.2f} | "
                          f"{'—' if grayscale is None else f'{grayscale:.2f}'} | "
-                         f"{r['total_train_minutes']:.1f} | {r['epochs']} / {r['m1_epochs'] or '—'} "
+                         f"{r['total_train_minutes']:.1f} | "
+                         f"{r['epochs']} / {r['m1_epochs'] or '—'} "
                          f"| {r['m1_active_dims'] or '—'} "
                          f"| {'; '.join(r['machines']) or '—'} |")
     lines.append("")

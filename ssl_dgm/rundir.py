@@ -12,9 +12,9 @@
     .lock                  held by the process training in the folder
 
 Records are written whole (a temporary file, then one rename; commands.txt,
-machines.txt and history.csv are appended a line at a time) with the permissions the process's
-umask gives, so a reader never sees half a record and a server running as
-another user can read what it needs.  TensorBoard's ``logs/`` sit beside them.
+machines.txt and history.csv are appended a line at a time) with the
+permissions the process's umask gives, so a reader never sees half a record and
+a server running as another user can read what it needs.  TensorBoard's ``logs/`` sit beside them.
 This module imports no TensorFlow.
 """
 
@@ -229,13 +229,18 @@ def _lines(path):
         return []
 
 
+def commands(folder):
+    """The commands that ran in `folder` (commands.txt), oldest first; ``[]`` if none."""
+    return _lines(os.path.join(folder, COMMANDS))
+
+
 def machines(folder):
     """The machines that trained in `folder` (`machine`'s text), each once, in the
     order they first did, led by ``"not recorded"`` where commands.txt holds commands
     that machines.txt does not (they ran before machines were recorded); ``[]`` where
     neither file is."""
     found = [line.split("  ", 1)[-1] for line in _lines(os.path.join(folder, MACHINES))]
-    unrecorded = len(_lines(os.path.join(folder, COMMANDS))) > len(found)
+    unrecorded = len(commands(folder)) > len(found)
     return list(dict.fromkeys(["not recorded"] * unrecorded + found))
 
 

@@ -240,7 +240,7 @@ def test_model_card_grades_the_generator_with_an_independent_judge(mnist_data_di
                classifier_hidden_sizes=(6,), seed=0)
     model.build()
     run = tmp_path / "run"
-    rundir.create(str(run), presets.get("m2")).release()
+    rundir.create(str(run), presets.get("m2"), "python train.py --model=m2").release()
     serving.save_all({"classifier": serving.Classifier(model, (28, 28, 1)),
                       "generator": serving.Generator(model, (28, 28, 1))},
                      str(tmp_path / "export"), 1)
@@ -255,6 +255,7 @@ def test_model_card_grades_the_generator_with_an_independent_judge(mnist_data_di
     assert (judge["dataset"], judge["epochs"], judge["train_images"]) == ("mnist", 1, 2000)
     assert 0.5 < judge["validation_accuracy"] <= 1.0  # a real classifier, not chance
     assert card["judge"] == judge and len(card["class_consistency_per_class"]) == 10
+    assert card["training_commands"] == ["python train.py --model=m2"]
     # The shipped classifier's numbers, recomputed here from the model itself.
     validation = data.load_split("validation", data_dir=mnist_data_dir)
     grey = np.mean(np.argmax(model.predict(validation.images, verbose=0), -1)

@@ -110,8 +110,9 @@ def test_each_command_records_its_machine_and_older_commands_say_not_recorded(tm
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines[0].split("  ")[0])
     assert rundir.machine().endswith(f", {os.cpu_count()} cores")
     assert rundir.machines(folder) == [rundir.machine()]
+    assert rundir.commands(folder) == ["python train.py --model=m2"] * 2
     # Commands from before machines were recorded: said, not guessed.
-    with open(os.path.join(folder, "commands.txt"), "a") as f:
+    with open(os.path.join(folder, rundir.COMMANDS), "a") as f:
         f.write("python train.py --model=m2\n" * 2)  # 4 commands, 3 machines recorded
     (tmp_path / "run" / rundir.MACHINES).write_text("2026-12-01T00:00:00Z  CPU A, 2 cores\n"
                                                     "2026-12-02T00:00:00Z  CPU B, 2 cores\n"
