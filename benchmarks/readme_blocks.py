@@ -5,8 +5,9 @@ are never typed by hand.
 
 Every block ``<!-- begin: PATH -->`` ... ``<!-- end: PATH -->`` in those files is
 replaced by the current contents of PATH (a report a benchmark wrote; PATH is
-relative to the repository root), with its top-level heading dropped and image
-links made relative to the file the block is in.
+relative to the repository root), with its top-level heading dropped and its
+relative links made relative to the file the block is in. ``PATH#summary`` takes
+only the report's opening, up to its first ``##`` section.
 """
 
 import os
@@ -17,8 +18,13 @@ BLOCK = re.compile(r"(<!-- begin: (\S+) -->\n).*?(<!-- end: \2 -->)", re.S)
 TARGETS = ("README.md", "docs/experiments.md")
 
 
-def render(path, target="README.md"):
+def render(block, target="README.md"):
+    path, _, part = block.partition("#")
     text = open(os.path.join(ROOT, path)).read()
+    if part == "summary":
+        text = re.split(r"^## ", text, maxsplit=1, flags=re.M)[0]
+    elif part:
+        raise ValueError(f"{block}: the only part a block can name is #summary")
     lines = [l for l in text.splitlines() if not l.startswith("# ")]
     # The blocks sit under ### headings: push the report's own headings below them.
     lines = ["##" + l if l.startswith("##") else l for l in lines]
@@ -26,11 +32,11 @@ def render(path, target="README.md"):
     target_folder = os.path.dirname(target)
 
     def relink(match):
-        image = os.path.relpath(os.path.join(folder, match.group(2)), target_folder or ".")
-        return f"![{match.group(1)}]({image})"
+        link = os.path.relpath(os.path.join(folder, match.group(2)), target_folder or ".")
+        return f"{match.group(1)}]({link})"
 
     body = "\n".join(lines).strip()
-    body = re.sub(r"!\[([^\]]*)\]\((?!/|http)([^)]+)\)", relink, body)
+    body = re.sub(r"(!?\[[^\]]*)\]\((?!/|#|[a-z]+:)([^)]+)\)", relink, body)
     return body + "\n"
 
 

@@ -139,7 +139,8 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
 def test_readme_blocks_copy_generated_reports(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "report.md").write_text(
-        "# Report\n\n| epoch | error |\n|---|---|\n| 2 | 12.50% |\n\n![curves](curve.png)\n")
+        "# Report\n\n| epoch | error |\n|---|---|\n| 2 | 12.50% |\n\n![curves](curve.png)\n"
+        "[run](runs/a) [paper](https://arxiv.org/abs/1406.5298)\n\n## Runs\n\n| run 7 |\n")
     from benchmarks import readme_blocks
 
     original = readme_blocks.ROOT
@@ -151,12 +152,15 @@ def test_readme_blocks_copy_generated_reports(tmp_path):
         (tmp_path / "docs" / "experiments.md").write_text(
             "<!-- begin: docs/report.md -->\n<!-- end: docs/report.md -->\n")
         readme_blocks.main()
+        summary = readme_blocks.render("docs/report.md#summary")
     finally:
         readme_blocks.ROOT = original
     readme = (tmp_path / "README.md").read_text()
     assert "stale 99%" not in readme and "| 2 | 12.50% |" in readme
     assert "# Report" not in readme and readme.endswith("end\n")
-    assert "![curves](docs/curve.png)" in readme
+    assert "![curves](docs/curve.png)" in readme and "[run](docs/runs/a)" in readme
+    assert "[paper](https://arxiv.org/abs/1406.5298)" in readme and "| run 7 |" in readme
+    assert "| 2 | 12.50% |" in summary and "Runs" not in summary and "run 7" not in summary
     experiments = (tmp_path / "docs" / "experiments.md").read_text()
     assert "![curves](curve.png)" in experiments  # relative to docs/
 

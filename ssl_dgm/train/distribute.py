@@ -26,7 +26,7 @@ def check_tf_config():
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise ValueError("--strategy=multi_worker needs TF_CONFIG describing the cluster "
-                         "(see README, 'Scaling out')")
+                         "(see docs/running.md, 'Scaling out')")
     try:
         spec = json.loads(text)
         cluster, task = spec["cluster"], spec["task"]
